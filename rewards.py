@@ -1,0 +1,266 @@
+"""Rewards, advantages, confidences and the GRPO loss of MER-R1: pure functions.
+
+Everything here takes lists, sets or tensors and returns numbers or tensors; no model,
+no tokenizer. Equation numbers are those of the paper (see README's table).
+Group-shaped tensors are [n_groups, G]: one row per prompt, one column per completion.
+"""
+import re
+
+import torch
+
+EPS = 1e-4           # added to the group std (Eq. 5, 14): a tiny spread stays finite
+ZERO_STD = 1e-8      # below this a group counts as zero-variance and gets advantage 0
+VARIANTS = ("baseline", "rd", "rd_ad", "mer_r1", "a1", "a2", "b1", "b2")
+CALIBRATED = ("mer_r1", "a1", "a2", "b1", "b2")   # the variants that need the fast-mode pass
+
+
+# ---------------------------------------------------------------------------------------
+# Section 3: confidences
+
+def category_log_confidence(logprobs, first_token_ids):
+    """Eq. (1): conf^m(c) = log sum_{e in V(c)} p^m(e), p^m(e) the probability of e's first token.
+
+    `logprobs` [..., vocab] are next-token log-probabilities; `first_token_ids` the first token
+    ids of the words of category c. Words sharing a first token count once (unique ids)."""
+    ids = torch.tensor(sorted(set(first_token_ids)), dtype=torch.long, device=logprobs.device)
+    return torch.logsumexp(logprobs.index_select(-1, ids), dim=-1)
+
+
+def category_confidences(logprobs, category_token_ids):
+    """Eq. (1) for every category: {category: conf} from {category: first token ids}."""
+    return {c: category_log_confidence(logprobs, ids) for c, ids in category_token_ids.items() if ids}
+
+
+def confidence_margin(conf, gt, n_hard=3):
+    """Eq. (2): gamma = mean_{c in G} conf(c) - mean_{c in H} conf(c), H the top-3 non-ground-truth
+    categories by confidence (hard negatives). None when G or H is empty."""
+    pos = [float(conf[c]) for c in gt if c in conf]
+    neg = sorted((float(v) for c, v in conf.items() if c not in gt), reverse=True)[:n_hard]
+    if not pos or not neg:
+        return None
+    return sum(pos) / len(pos) - sum(neg) / len(neg)
+
+
+# ---------------------------------------------------------------------------------------
+# Section 4.2: rewards
+
+def recall_precision_rewards(pred, gt):
+    """Eq. (4): R_R = |Y^ n G| / |G|, R_P = |Y^ n G| / |Y^| on sets of level-1 categories.
+    An empty prediction (or an empty ground truth) gives (0, 0)."""
+    pred, gt = set(pred), set(gt)
+    if not pred or not gt:
+        return 0.0, 0.0
+    hit = len(pred & gt)
+    return hit / len(gt), hit / len(pred)
+
+
+def f1_reward(r_r, r_p):
+    """Eq. (13): R_F = 2 R_R R_P / (R_R + R_P), 0 when both are 0."""
+    return 0.0 if r_r + r_p == 0 else 2 * r_r * r_p / (r_r + r_p)
+
+
+def wheel_rewards(pred_per_wheel, gt_per_wheel):
+    """Eq. (4) and (13) per wheel, averaged over the wheels whose ground-truth set is not empty.
+
+    Both arguments are lists (one entry per wheel) of category sets. Returns (R_R, R_P, R_F);
+    (0, 0, 0) when no wheel knows the ground truth."""
+    per = [recall_precision_rewards(p, g) for p, g in zip(pred_per_wheel, gt_per_wheel) if g]
+    if not per:
+        return 0.0, 0.0, 0.0
+    r_r = sum(r for r, _ in per) / len(per)
+    r_p = sum(p for _, p in per) / len(per)
+    r_f = sum(f1_reward(r, p) for r, p in per) / len(per)
+    return r_r, r_p, r_f
+
+
+PLACEHOLDER_RE = re.compile(r"^(emotion|word|label|w|e)\s*\d*$|\.\.\.|^emotions?$")
+FORMAT_RE = re.compile(r"^<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*$", re.S)
+
+
+def has_repetition(text, n=4, max_repeats=3):
+    """True when some word n-gram occurs more than `max_repeats` times (a decoding loop)."""
+    words = text.lower().split()
+    counts = {}
+    for i in range(len(words) - n + 1):
+        gram = tuple(words[i:i + n])
+        counts[gram] = counts.get(gram, 0) + 1
+        if counts[gram] > max_repeats:
+            return True
+    return False
+
+
+def format_reward(text, answer_words, subtitle="", require_think=True, max_words=8):
+    """R_fmt: 1.0 for `<think>...</think><answer>w1, w2</answer>` and nothing else, else 0.0.
+
+    `text` is the whole assistant turn (forced prefix included), `answer_words` its parsed
+    answer. Besides the tags, a usable answer has 1..max_words short words, no placeholder
+    ("emotion1", "..."), is not the subtitle copied, and the turn has no repetition loop.
+    `require_think` asks for a non-empty think block (slow thinking)."""
+    m = FORMAT_RE.match(text.strip())
+    if not m or not answer_words or len(answer_words) > max_words:
+        return 0.0
+    think, answer = m.group(1).strip(), m.group(2).strip()
+    if require_think and not think:
+        return 0.0
+    if any(PLACEHOLDER_RE.search(w) or len(w.split()) > 3 for w in answer_words):
+        return 0.0
+    if subtitle and len(answer) > 12 and answer.lower() in subtitle.lower():
+        return 0.0
+    if has_repetition(text):
+        return 0.0
+    return 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# Group normalisation and the advantages (Eq. 5, 12, 14 and the ablations)
+
+def group_normalize(rewards):
+    """Eq. (5)/(14): (R - mean) / (std + eps) within each group (last dim), population std.
+    A zero-variance group gets advantage exactly 0, never NaN."""
+    rewards = rewards.double()
+    mean = rewards.mean(-1, keepdim=True)
+    std = rewards.std(-1, unbiased=False, keepdim=True)
+    adv = (rewards - mean) / (std + EPS)
+    return torch.where(std > ZERO_STD, adv, torch.zeros_like(adv)).float()
+
+
+def dual_advantage(r_recall, r_precision):
+    """Eq. (5): A_dual = A_R + A_P, each group-normalised on its own."""
+    return group_normalize(r_recall) + group_normalize(r_precision)
+
+
+def total_advantage(a_dual, a_cali, a_fmt, lam_cali, lam_fmt):
+    """Eq. (12): A = A_dual + lambda_cali A_cali + lambda_fmt A_fmt."""
+    return a_dual + lam_cali * a_cali + lam_fmt * a_fmt
+
+
+def advantages(variant, r, lam_cali=0.1, lam_fmt=0.1):
+    """The advantage of every ablation of Tables 4-5, from group-shaped rewards.
+
+    `r` holds tensors [n_groups, G]: "recall", "precision", "f1", "format", and for the
+    calibrated variants "cali_pos" (R+) and "cali_neg" (R-).
+      baseline  norm(R_F + R_fmt)
+      rd        norm(R_R + R_P + R_fmt)                                    (Ex1, reward split)
+      rd_ad     A_dual + l_fmt A_fmt                                       (Ex2, Eq. 5)
+      mer_r1    A_dual + l_cali (A+ + A-) + l_fmt A_fmt                    (Ex3, Eq. 12)
+      a1        as mer_r1; the confidences are word-level (see calibration_rewards)
+      a2        A_dual + l_cali A+ + l_fmt A_fmt                           (no precision calibration)
+      b1        A_dual + l_cali norm(R+ + R-) + l_fmt A_fmt                (reward-space calibration)
+      b2        norm(R_R + l_cali R+) + norm(R_P + l_cali R-) + l_fmt A_fmt (mixed space)"""
+    norm = group_normalize
+    if variant == "baseline":
+        return norm(r["f1"] + r["format"])
+    if variant == "rd":
+        return norm(r["recall"] + r["precision"] + r["format"])
+    a_fmt = norm(r["format"])
+    if variant == "rd_ad":
+        return dual_advantage(r["recall"], r["precision"]) + lam_fmt * a_fmt
+    if variant == "b2":
+        return (norm(r["recall"] + lam_cali * r["cali_pos"]) + norm(r["precision"] + lam_cali * r["cali_neg"])
+                + lam_fmt * a_fmt)
+    a_dual = dual_advantage(r["recall"], r["precision"])
+    if variant in ("mer_r1", "a1"):
+        a_cali = norm(r["cali_pos"]) + norm(r["cali_neg"])
+    elif variant == "a2":
+        a_cali = norm(r["cali_pos"])
+    elif variant == "b1":
+        a_cali = norm(r["cali_pos"] + r["cali_neg"])
+    else:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    return total_advantage(a_dual, a_cali, a_fmt, lam_cali, lam_fmt)
+
+
+# ---------------------------------------------------------------------------------------
+# Section 4.3: slow-fast confidence calibration
+
+def slow_fast_gap(conf_slow, conf_fast):
+    """Eq. (9): Delta(e) = conf_slow(c(e)) - conf_fast(c(e))."""
+    return conf_slow - conf_fast
+
+
+def split_correct_incorrect(word_categories, gt):
+    """Eq. (10): indices of answer words whose category is in G (E+) and not in G (E-).
+    Words mapping to no category (None) are in neither set."""
+    pos = [i for i, c in enumerate(word_categories) if c is not None and c in gt]
+    neg = [i for i, c in enumerate(word_categories) if c is not None and c not in gt]
+    return pos, neg
+
+
+def calibration_rewards(deltas, word_categories, gt):
+    """Eq. (11): R+ = mean_{E+} Delta(e), R- = mean_{E-} (-Delta(e)); an empty set gives 0.
+    Returns (R+, R-, |E+| > 0, |E-| > 0)."""
+    pos, neg = split_correct_incorrect(word_categories, gt)
+    r_pos = sum(float(deltas[i]) for i in pos) / len(pos) if pos else 0.0
+    r_neg = sum(-float(deltas[i]) for i in neg) / len(neg) if neg else 0.0
+    return r_pos, r_neg, bool(pos), bool(neg)
+
+
+def word_gaps(slow_logprobs, fast_logprobs, word_first_ids, word_categories, category_token_ids,
+              word_level=False):
+    """Eq. (1) + (9) for each answer word e of one completion, in one wheel.
+
+    slow_logprobs/fast_logprobs [n_words, vocab]: next-token log-probs at the position of each
+    word's first token, in the slow and the fast sequence (Eq. 8). conf(c(e)) sums the
+    category's first-token probabilities (Eq. 1); with `word_level` (ablation A1) it is
+    log p(first token of e). A word with no category gets Delta = 0 (and is ignored later)."""
+    gaps = []
+    for j, (tok, cat) in enumerate(zip(word_first_ids, word_categories)):
+        if cat is None:
+            gaps.append(0.0)
+        elif word_level:
+            gaps.append(float(slow_fast_gap(slow_logprobs[j, tok], fast_logprobs[j, tok])))
+        else:
+            ids = category_token_ids[cat]
+            gaps.append(float(slow_fast_gap(category_log_confidence(slow_logprobs[j], ids),
+                                            category_log_confidence(fast_logprobs[j], ids))))
+    return gaps
+
+
+def wheel_calibration_rewards(per_wheel):
+    """Eq. (11) averaged over wheels: `per_wheel` is a list of (R+, R-, has_pos, has_neg).
+    R+ is averaged over the wheels where E+ is not empty, R- where E- is not empty; 0 if none."""
+    pos = [r for r, _, has, _ in per_wheel if has]
+    neg = [r for _, r, _, has in per_wheel if has]
+    return (sum(pos) / len(pos) if pos else 0.0), (sum(neg) / len(neg) if neg else 0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Eq. (3): the clipped GRPO objective with a k3 KL penalty
+
+def k3_kl(logp, ref_logp):
+    """Per-token k3 estimator of KL(pi_theta || pi_ref): exp(ref - logp) - (ref - logp) - 1 >= 0."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def masked_mean(x, mask, dim=None):
+    """Mean of x over the positions where mask is 1 (along dim, or over everything)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def grpo_loss(logp, old_logp, advantages, mask, ref_logp=None, eta=0.2, beta=0.0, aggregation="sequence"):
+    """Eq. (3): L = -(1/K) sum_i min(r A, clip(r, 1-eta, 1+eta) A) + beta KL(pi_theta || pi_ref).
+
+    Per-token ratios r = exp(logp - old_logp) and per-token k3 KL, over completion tokens
+    (`mask` [B, T]); `advantages` [B] is broadcast over each completion's tokens.
+    aggregation "sequence": mean over each completion's tokens, then over completions (the
+    paper's 1/K form); "token": one mean over all completion tokens of the batch.
+    Returns (loss, stats) with stats the mean KL and the fraction of clipped tokens."""
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages.unsqueeze(-1)
+    per_token = -torch.min(ratio * adv, torch.clamp(ratio, 1 - eta, 1 + eta) * adv)
+    kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
+    if beta:
+        per_token = per_token + beta * kl
+    if aggregation == "sequence":
+        loss = masked_mean(per_token, mask, dim=-1).mean()
+    elif aggregation == "token":
+        loss = masked_mean(per_token, mask)
+    else:
+        raise ValueError(f"aggregation must be 'sequence' or 'token', not {aggregation!r}")
+    clipped = ((ratio < 1 - eta) & (adv < 0)) | ((ratio > 1 + eta) & (adv > 0))
+    stats = {"kl": float(masked_mean(kl.detach(), mask)), "clip_frac": float(masked_mean(clipped.float(), mask))}
+    return loss, stats

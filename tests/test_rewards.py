@@ -1,0 +1,214 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import rewards as R
+
+
+def test_category_log_confidence_unique_ids():
+    logp = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    # ids 1 and 2, with 2 listed twice (two words sharing a first token): log(0.2 + 0.3)
+    assert R.category_log_confidence(logp, [1, 2, 2]).item() == pytest.approx(math.log(0.5))
+    batched = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.25, 0.25]]))
+    assert R.category_log_confidence(batched, [0, 3]).tolist() == pytest.approx([math.log(0.5), math.log(0.5)])
+
+
+def test_confidence_margin_top3_hard_negatives():
+    conf = {"happy": -1.0, "sad": -2.0, "angry": -3.0, "scared": -4.0, "bad": -5.0, "surprised": -0.5}
+    # G = {happy, sad}: mean -1.5; hard negatives surprised, angry, scared: mean -2.5
+    assert R.confidence_margin(conf, {"happy", "sad"}) == pytest.approx(1.0)
+    assert R.confidence_margin(conf, set()) is None
+    assert R.confidence_margin({"happy": -1.0}, {"happy"}) is None
+
+
+def test_recall_precision_f1():
+    assert R.recall_precision_rewards({"happy", "sad", "angry"}, {"happy", "surprised"}) == (0.5, 1 / 3)
+    assert R.recall_precision_rewards(set(), {"happy"}) == (0.0, 0.0)
+    assert R.recall_precision_rewards(["happy", "happy"], ["happy"]) == (1.0, 1.0)
+    assert R.f1_reward(0.5, 1 / 3) == pytest.approx(0.4)
+    assert R.f1_reward(0.0, 0.0) == 0.0
+
+
+def test_wheel_rewards_skip_wheels_without_ground_truth():
+    pred = [{"happy"}, {"happy", "sad"}, {"joy"}]
+    gt = [{"happy"}, {"happy"}, set()]   # third wheel: the ground truth maps to nothing
+    r_r, r_p, r_f = R.wheel_rewards(pred, gt)
+    assert (r_r, r_p) == (1.0, 0.75)
+    assert r_f == pytest.approx((1.0 + 2 / 3) / 2)
+    assert R.wheel_rewards([{"a"}], [set()]) == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("text,words,subtitle,think,expected", [
+    ("<think>She smiles.</think><answer>happy, relieved</answer>", ["happy", "relieved"], "", True, 1.0),
+    ("<think>She smiles.</think>\n<answer>happy</answer>\n", ["happy"], "", True, 1.0),
+    ("<think></think><answer>happy</answer>", ["happy"], "", True, 0.0),     # slow mode needs a thought
+    ("<think></think><answer>happy</answer>", ["happy"], "", False, 1.0),    # fast mode
+    ("<think>x</think><answer>emotion1, emotion2</answer>", ["emotion1", "emotion2"], "", True, 0.0),
+    ("<think>x</think><answer>happy</answer> and more", ["happy"], "", True, 0.0),
+    ("<think>x<answer>happy</answer>", ["happy"], "", True, 0.0),
+    ("<think>x</think><answer></answer>", [], "", True, 0.0),
+    ("<think>x</think><answer>i am not going back there</answer>", ["i am not going back there"],
+     "Honestly, I am not going back there.", True, 0.0),
+    ("<think>" + "she is very sad " * 5 + "</think><answer>sad</answer>", ["sad"], "", True, 0.0),
+])
+def test_format_reward(text, words, subtitle, think, expected):
+    assert R.format_reward(text, words, subtitle, require_think=think) == expected
+
+
+def test_group_normalize_hand_values_and_zero_variance():
+    adv = R.group_normalize(torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.3, 0.3, 0.3, 0.3]]))
+    expected = 0.5 / (0.5 + R.EPS)
+    assert adv[0].tolist() == pytest.approx([expected, -expected, -expected, expected])
+    assert adv[1].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert torch.isfinite(adv).all()
+
+
+def _norm(x):
+    x = np.asarray(x, dtype=np.float64)
+    s = x.std()
+    return np.zeros_like(x) if s <= R.ZERO_STD else (x - x.mean()) / (s + R.EPS)
+
+
+GROUP = {"recall": [1.0, 0.5, 0.0, 0.5], "precision": [0.5, 0.5, 0.0, 1.0], "f1": [2 / 3, 0.5, 0.0, 2 / 3],
+         "format": [1.0, 1.0, 0.0, 1.0], "cali_pos": [0.2, -0.1, 0.0, 0.4], "cali_neg": [0.0, 0.3, 0.0, -0.2]}
+
+
+@pytest.mark.parametrize("variant", R.VARIANTS)
+def test_every_variant_matches_its_definition(variant):
+    g = {k: np.array(v) for k, v in GROUP.items()}
+    n, lc, lf = _norm, 0.3, 0.2
+    dual = n(g["recall"]) + n(g["precision"])
+    expected = {
+        "baseline": n(g["f1"] + g["format"]),
+        "rd": n(g["recall"] + g["precision"] + g["format"]),
+        "rd_ad": dual + lf * n(g["format"]),
+        "mer_r1": dual + lc * (n(g["cali_pos"]) + n(g["cali_neg"])) + lf * n(g["format"]),
+        "a1": dual + lc * (n(g["cali_pos"]) + n(g["cali_neg"])) + lf * n(g["format"]),
+        "a2": dual + lc * n(g["cali_pos"]) + lf * n(g["format"]),
+        "b1": dual + lc * n(g["cali_pos"] + g["cali_neg"]) + lf * n(g["format"]),
+        "b2": n(g["recall"] + lc * g["cali_pos"]) + n(g["precision"] + lc * g["cali_neg"]) + lf * n(g["format"]),
+    }[variant]
+    r = {k: torch.tensor([v]) for k, v in GROUP.items()}
+    got = R.advantages(variant, r, lam_cali=lc, lam_fmt=lf)
+    assert got.shape == (1, 4)
+    assert got[0].tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_unknown_variant_is_an_error():
+    with pytest.raises(ValueError, match="unknown variant"):
+        R.advantages("mer-r2", {k: torch.tensor([v]) for k, v in GROUP.items()})
+
+
+def test_zero_variance_groups_give_zero_advantage():
+    r = {k: torch.full((2, 4), 0.5) for k in GROUP}
+    for v in R.VARIANTS:
+        assert R.advantages(v, r).abs().max().item() == 0.0
+
+
+def _corr(a, b):
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_proposition_3_balanced_correlations(monkeypatch):
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(R, "EPS", 0.0)   # the proposition is exact for the pure z-score
+    for _ in range(50):
+        G = int(rng.integers(4, 64))
+        r_r = rng.random(G)
+        r_p = 0.6 * r_r + rng.random(G)
+        a = R.dual_advantage(torch.tensor(r_r)[None], torch.tensor(r_p)[None])[0].double().numpy()
+        rho = _corr(r_r, r_p)
+        target = math.sqrt((1 + rho) / 2)
+        assert _corr(r_r, a) == pytest.approx(target, abs=1e-5)
+        assert _corr(r_p, a) == pytest.approx(target, abs=1e-5)
+
+
+def test_proposition_1_sign_rule_by_simulation():
+    rng = np.random.default_rng(1)
+    cases = 0
+    for mu_r, mu_p, s_r, s_p, rho in [(0.5, 0.8, 0.02, 0.01, 0.3), (0.8, 0.5, 0.01, 0.02, 0.0),
+                                      (0.6, 0.6, 0.03, 0.01, -0.4), (0.4, 0.7, 0.005, 0.02, 0.5),
+                                      (0.7, 0.3, 0.02, 0.01, 0.2)]:
+        z1, z2 = rng.standard_normal((2, 20000))
+        r_r = mu_r + s_r * z1
+        r_p = mu_p + s_p * (rho * z1 + math.sqrt(1 - rho ** 2) * z2)
+        r_f = 2 * r_r * r_p / (r_r + r_p)
+        a_f = R.group_normalize(torch.tensor(r_f)[None])[0].double().numpy()
+        tau = (s_r / mu_r ** 2) / (s_p / mu_p ** 2)
+        assert abs(tau - 1) > 0.2
+        assert (_corr(r_r, a_f) > _corr(r_p, a_f)) == (tau > 1)
+        cases += 1
+    assert cases == 5
+
+
+def test_slow_fast_gap_and_calibration_rewards():
+    assert R.slow_fast_gap(torch.tensor(-1.0), torch.tensor(-3.0)).item() == 2.0
+    cats = ["happy", "sad", None, "angry"]
+    assert R.split_correct_incorrect(cats, {"happy"}) == ([0], [1, 3])
+    # R+ = Delta(happy) = 0.5; R- = mean(-(-1.0), -(2.0)) = -0.5; the unmapped word is ignored
+    assert R.calibration_rewards([0.5, -1.0, 9.0, 2.0], cats, {"happy"}) == (0.5, -0.5, True, True)
+    assert R.calibration_rewards([0.5, -1.0], ["sad", "angry"], {"happy"}) == (0.0, 0.25, False, True)
+    assert R.calibration_rewards([0.5], ["happy"], {"happy"}) == (0.5, 0.0, True, False)
+    assert R.calibration_rewards([], [], {"happy"}) == (0.0, 0.0, False, False)
+    assert R.wheel_calibration_rewards([(0.5, 0.0, True, False), (0.1, -0.4, True, True), (0.0, 0.0, False, False)]) \
+        == (pytest.approx(0.3), pytest.approx(-0.4))
+    assert R.wheel_calibration_rewards([(0.0, 0.0, False, False)]) == (0.0, 0.0)
+
+
+def test_word_gaps_category_and_word_level():
+    slow = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1]]))
+    fast = torch.log(torch.tensor([[0.25, 0.25, 0.25, 0.25], [0.7, 0.1, 0.1, 0.1]]))
+    cat_ids = {"happy": [1, 2], "sad": [3]}
+    gaps = R.word_gaps(slow, fast, [1, 3], ["happy", "sad"], cat_ids)
+    assert gaps == pytest.approx([math.log(0.5) - math.log(0.5), math.log(0.1) - math.log(0.1)])
+    gaps = R.word_gaps(slow, fast, [1, 0], ["happy", None], cat_ids)
+    assert gaps == pytest.approx([0.0, 0.0])
+    word = R.word_gaps(slow, fast, [1, 3], ["happy", "sad"], cat_ids, word_level=True)
+    assert word == pytest.approx([math.log(0.2) - math.log(0.25), 0.0])
+
+
+def _direct_loss(logp, old, ref, adv, mask, eta, beta, aggregation):
+    per_seq, all_terms = [], []
+    for i in range(len(logp)):
+        terms = []
+        for t in range(len(logp[i])):
+            if not mask[i][t]:
+                continue
+            r = math.exp(logp[i][t] - old[i][t])
+            surrogate = min(r * adv[i], min(max(r, 1 - eta), 1 + eta) * adv[i])
+            d = ref[i][t] - logp[i][t]
+            terms.append(-surrogate + beta * (math.exp(d) - d - 1))
+        per_seq.append(sum(terms) / len(terms))
+        all_terms += terms
+    return sum(per_seq) / len(per_seq) if aggregation == "sequence" else sum(all_terms) / len(all_terms)
+
+
+@pytest.mark.parametrize("aggregation", ["sequence", "token"])
+def test_grpo_loss_equals_direct_computation(aggregation):
+    logp = [[-1.0, -2.0, -0.5], [-0.3, -1.2, -4.0]]
+    old = [[-1.0, -2.5, -0.1], [-0.3, -0.6, -4.0]]      # ratios e^0.5 and e^-0.6 fall outside the clip
+    ref = [[-1.1, -1.9, -0.7], [-0.2, -1.0, -3.0]]
+    adv = [1.5, -0.7]
+    mask = [[1, 1, 1], [1, 1, 0]]
+    t = lambda x: torch.tensor(x, dtype=torch.float64)
+    loss, stats = R.grpo_loss(t(logp), t(old), t(adv), t(mask), ref_logp=t(ref), eta=0.2, beta=0.04,
+                              aggregation=aggregation)
+    assert loss.item() == pytest.approx(_direct_loss(logp, old, ref, adv, mask, 0.2, 0.04, aggregation))
+    # clipped tokens: (0,1) ratio e^0.5 > 1.2 with A > 0; (1,1) ratio e^-0.6 < 0.8 with A < 0
+    assert stats["clip_frac"] == pytest.approx(2 / 5)
+    assert stats["kl"] > 0
+
+
+def test_grpo_loss_ratio_one_gradient_is_advantage_weighted():
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.5]], requires_grad=True)
+    adv = torch.tensor([2.0, -1.0])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    loss, stats = R.grpo_loss(logp, logp.detach(), adv, mask)
+    loss.backward()
+    # d/dlogp of -(1/2) sum_i mean_t(r A) at r = 1 is -A_i / (2 |y_i|)
+    assert logp.grad.flatten().tolist() == pytest.approx([-0.5, -0.5, 0.5, 0.0])
+    assert stats == {"kl": 0.0, "clip_frac": 0.0}
+    with pytest.raises(ValueError):
+        R.grpo_loss(logp, logp, adv, mask, aggregation="batch")
