@@ -200,7 +200,9 @@ def word_gaps(slow_logprobs, fast_logprobs, word_first_ids, word_categories, cat
     """Eq. (1) + (9) for each answer word e of one completion, in one wheel.
 
     slow_logprobs/fast_logprobs [n_words, vocab]: next-token log-probs at the position of each
-    word's first token, in the slow and the fast sequence (Eq. 8). conf(c(e)) sums the
+    word's first token, in the slow and the fast sequence (Eq. 8). `category_token_ids[j]` maps
+    each category to the first-token ids of its wheel words as they would appear at word j
+    (in context: space-prefixed after ", ", bare right after "<answer>"). conf(c(e)) sums the
     category's first-token probabilities (Eq. 1); with `word_level` (ablation A1) it is
     log p(first token of e). A word with no category gets Delta = 0 (and is ignored later)."""
     gaps = []
@@ -210,7 +212,7 @@ def word_gaps(slow_logprobs, fast_logprobs, word_first_ids, word_categories, cat
         elif word_level:
             gaps.append(float(slow_fast_gap(slow_logprobs[j, tok], fast_logprobs[j, tok])))
         else:
-            ids = category_token_ids[cat]
+            ids = category_token_ids[j][cat]
             gaps.append(float(slow_fast_gap(category_log_confidence(slow_logprobs[j], ids),
                                             category_log_confidence(fast_logprobs[j], ids))))
     return gaps
@@ -264,3 +266,13 @@ def grpo_loss(logp, old_logp, advantages, mask, ref_logp=None, eta=0.2, beta=0.0
     clipped = ((ratio < 1 - eta) & (adv < 0)) | ((ratio > 1 + eta) & (adv > 0))
     stats = {"kl": float(masked_mean(kl.detach(), mask)), "clip_frac": float(masked_mean(clipped.float(), mask))}
     return loss, stats
+
+
+def completion_mask(completion_ids, eos_id):
+    """1 for every completion token up to and including the first EOS, 0 after it; all 1 when
+    there is no EOS. Built from the EOS position, never by comparing with the pad id (pad and
+    EOS are the same token in many tokenizers)."""
+    is_eos = completion_ids == eos_id
+    length = completion_ids.shape[1]
+    first = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(is_eos[:, 0], length - 1, dtype=torch.long))
+    return (torch.arange(length, device=completion_ids.device)[None] <= first[:, None]).long()

@@ -160,11 +160,14 @@ def test_slow_fast_gap_and_calibration_rewards():
 def test_word_gaps_category_and_word_level():
     slow = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1]]))
     fast = torch.log(torch.tensor([[0.25, 0.25, 0.25, 0.25], [0.7, 0.1, 0.1, 0.1]]))
-    cat_ids = {"happy": [1, 2], "sad": [3]}
+    cat_ids = [{"happy": [1, 2], "sad": [3]}] * 2
     gaps = R.word_gaps(slow, fast, [1, 3], ["happy", "sad"], cat_ids)
     assert gaps == pytest.approx([math.log(0.5) - math.log(0.5), math.log(0.1) - math.log(0.1)])
     gaps = R.word_gaps(slow, fast, [1, 0], ["happy", None], cat_ids)
     assert gaps == pytest.approx([0.0, 0.0])
+    # the second word's table differs (its in-context first tokens): sad -> ids {0, 3}
+    gaps = R.word_gaps(slow, fast, [1, 3], ["happy", "sad"], [cat_ids[0], {"sad": [0, 3]}])
+    assert gaps[1] == pytest.approx(math.log(0.5) - math.log(0.8))
     word = R.word_gaps(slow, fast, [1, 3], ["happy", "sad"], cat_ids, word_level=True)
     assert word == pytest.approx([math.log(0.2) - math.log(0.25), 0.0])
 

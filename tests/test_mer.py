@@ -1,0 +1,187 @@
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+import mer
+
+TOK = mer.tiny_tokenizer()
+SAMPLE = {"name": "s1", "video": "Ann smiles.", "audio": "Ann speaks with a bright tone.", "subtitle": "We won!",
+          "openset": "happy, excited", "reason": "She smiles and her voice is bright."}
+
+
+def test_slow_and_fast_prompts_differ_only_in_the_prefix():
+    slow, fast = mer.prompt_text(SAMPLE, TOK, "slow"), mer.prompt_text(SAMPLE, TOK, "fast")
+    assert slow.endswith("<|im_start|>assistant\n<think>")
+    assert fast == slow[:-len("<think>")] + "<think></think><answer>"
+    user = mer.build_chat(SAMPLE)[1]["content"]
+    assert "Video clues: Ann smiles." in user and '"We won!"' in user and "<answer>" in user
+    for placeholder in ("emotion1", "word1", "w1", "..."):   # nothing copyable as an answer
+        assert placeholder not in user
+
+
+def test_encode_sft_masks_the_prompt_only():
+    ids, labels = mer.encode_sft(SAMPLE, TOK)
+    prompt = TOK(mer.prompt_text(SAMPLE, TOK, "slow"), add_special_tokens=False)["input_ids"]
+    assert ids[:len(prompt)] == prompt
+    assert labels[:len(prompt)] == [-100] * len(prompt)
+    target = labels[len(prompt):]
+    assert -100 not in target and target == ids[len(prompt):]
+    assert target[-1] == TOK.eos_token_id
+    assert TOK.decode(target[:-1]) == "She smiles and her voice is bright.</think><answer>happy, excited</answer>"
+    short_ids, short_labels = mer.encode_sft(SAMPLE, TOK, max_len=10)
+    assert len(short_ids) == len(short_labels) == 10
+
+
+def test_configure_overrides_and_errors(tmp_path):
+    config = {"LR": 1e-5, "STEPS": 10, "MODEL": "smollm2", "BF16": False, "INIT": None}
+    path = tmp_path / "c.py"
+    path.write_text("LR = 2e-5\nsteps = 3\n")
+    mer.configure(config, [str(path), "--model=tiny", "--steps=7", "--bf16=True", "--init=out/x", "--lr=1"])
+    assert config == {"LR": 1.0, "STEPS": 7, "MODEL": "tiny", "BF16": True, "INIT": "out/x"}
+    with pytest.raises(SystemExit, match="unknown setting 'lrr'"):
+        mer.configure(config, ["--lrr=1"])
+    with pytest.raises(SystemExit, match="steps must be of type int"):
+        mer.configure(config, ["--steps=0.5"])
+    with pytest.raises(SystemExit, match="write --lr=VALUE"):
+        mer.configure(config, ["--lr"])
+    with pytest.raises(SystemExit, match="not found"):
+        mer.configure(config, ["nofile.py"])
+
+
+def test_lr_schedule():
+    assert mer.lr_at(0, 1.0, 4, 20) == 0.25
+    assert mer.lr_at(3, 1.0, 4, 20) == 1.0
+    assert mer.lr_at(4, 1.0, 4, 20) == pytest.approx(1.0)
+    assert mer.lr_at(20, 1.0, 4, 20, min_ratio=0.1) == pytest.approx(0.1)
+    assert mer.lr_at(12, 1.0, 4, 20, min_ratio=0.0) == pytest.approx(0.5)
+
+
+def test_bundled_splits():
+    sizes = {s: len(mer.load_split(s)) for s in ("train", "test_fine", "test_basic", "test_sentiment")}
+    assert sizes["train"] >= 3000 and min(sizes.values()) >= 200
+    basic = mer.load_split("test_basic")
+    assert all("," not in s["openset"] for s in basic)
+    assert {s["valence"] for s in mer.load_split("test_sentiment")} == {-1, 0, 1}
+
+
+def test_read_jsonl_errors(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"name": "a", "openset": "happy"}\n{"name": "b", "openset": \n')
+    with pytest.raises(SystemExit, match="line 2: not valid JSON"):
+        mer.read_jsonl(str(p))
+    p.write_text('{"openset": "happy"}\n')
+    with pytest.raises(SystemExit, match="line 1: each line must be an object with a non-empty 'name'"):
+        mer.read_jsonl(str(p))
+    p.write_text('{"name": "a"}\n')
+    with pytest.raises(SystemExit, match=r"line 1 \(a\): needs 'openset'"):
+        mer.read_jsonl(str(p))
+    p.write_text("\n")
+    with pytest.raises(SystemExit, match="no samples"):
+        mer.read_jsonl(str(p))
+
+
+def _csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _mercaption(root, names=("a", "b"), media=("a", "b")):
+    os.makedirs(root / "video", exist_ok=True)
+    os.makedirs(root / "audio", exist_ok=True)
+    _csv(root / "track2_train_mercaptionplus.csv", ["name", "openset"], [[n, "['happy', 'relieved']"] for n in names])
+    _csv(root / "track3_train_mercaptionplus.csv", ["name", "reason"], [[n, f"reason {n}"] for n in names])
+    _csv(root / "subtitle_chieng.csv", ["name", "english", "chinese"], [[n, f"line {n}", "x"] for n in names])
+    for n in media:
+        (root / "video" / f"{n}.mp4").write_bytes(b"0")
+        (root / "audio" / f"{n}.wav").write_bytes(b"0")
+
+
+def test_mercaptionplus_loader(tmp_path, capsys):
+    _mercaption(tmp_path)
+    samples = mer.load_samples(f"mercaptionplus:{tmp_path}")
+    assert samples[0] == {"name": "a", "subtitle": "line a", "openset": "happy, relieved", "reason": "reason a",
+                          "video_path": str(tmp_path / "video" / "a.mp4"), "audio_path": str(tmp_path / "audio" / "a.wav")}
+    os.remove(tmp_path / "audio" / "b.wav")
+    with pytest.raises(SystemExit, match="'b' has no audio/b.wav.*--skip_missing_media=True"):
+        mer.load_samples(f"mercaptionplus:{tmp_path}")
+    assert [s["name"] for s in mer.load_samples(f"mercaptionplus:{tmp_path}", skip_missing_media=True)] == ["a"]
+    assert "skipped 1 samples with missing media" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("file,rows,message", [
+    ("track2_train_mercaptionplus.csv", [["a", "happy"], ["", "sad"]], r"track2_train_mercaptionplus.csv, row 3: empty name"),
+    ("track2_train_mercaptionplus.csv", [["a", "happy"], ["a", "sad"]], r"row 3: name 'a' appears twice"),
+    ("track2_train_mercaptionplus.csv", [["a", "[]"]], r"sample 'a' has no emotion words"),
+])
+def test_mercaptionplus_bad_rows(tmp_path, file, rows, message):
+    _mercaption(tmp_path)
+    _csv(tmp_path / file, ["name", "openset"], rows)
+    with pytest.raises(SystemExit, match=message):
+        mer.load_samples(f"mercaptionplus:{tmp_path}")
+
+
+def test_mercaptionplus_bad_header(tmp_path):
+    _mercaption(tmp_path)
+    _csv(tmp_path / "track3_train_mercaptionplus.csv", ["name", "text"], [["a", "x"]])
+    with pytest.raises(SystemExit, match="track3_train_mercaptionplus.csv: missing column\\(s\\) reason"):
+        mer.load_samples(f"mercaptionplus:{tmp_path}")
+
+
+def test_ovmerd_loader(tmp_path):
+    os.makedirs(tmp_path / "video")
+    _csv(tmp_path / "ovlabel.csv", ["name", "openset"], [["v1", "[angry, dissatisfied]"]])
+    _csv(tmp_path / "subtitle_eng.csv", ["name", "sentence"], [["v1", "It's not easy."]])
+    (tmp_path / "video" / "v1.mp4").write_bytes(b"0")
+    assert mer.load_samples(f"ovmerd:{tmp_path}") == [
+        {"name": "v1", "subtitle": "It's not easy.", "openset": "angry, dissatisfied",
+         "video_path": str(tmp_path / "video" / "v1.mp4")}]
+
+
+def _npz(path, key, corpus):
+    np.savez(path, **{key: np.array(corpus, dtype=object)})
+
+
+def test_unibench_loaders(tmp_path):
+    _npz(tmp_path / "label.npz", "test_corpus", {"m1": {"emo": 1}, "m2": {"emo": 3}})
+    _csv(tmp_path / "transcription-engchi-polish.csv", ["name", "english"], [["m1", "Great!"], ["m2", "Okay."]])
+    samples = mer.load_unibench(str(tmp_path), "meld", media=False)
+    assert samples == [{"name": "m1", "subtitle": "Great!", "basic": "joy", "openset": "joy"},
+                       {"name": "m2", "subtitle": "Okay.", "basic": "neutral", "openset": "neutral"}]
+    _npz(tmp_path / "label_4way.npz", "whole_corpus", {"Ses01F_x": {"emo": 0}, "Ses05M_y": {"emo": 3}})
+    assert [(s["name"], s["basic"]) for s in mer.load_unibench(str(tmp_path), "iemocap", media=False)] == [("Ses05M_y", "anger")]
+    _npz(tmp_path / "label.npz", "test_corpus", {"s1": {"val": -1.6}, "s2": {"val": 0.0}})
+    assert [s["valence"] for s in mer.load_unibench(str(tmp_path), "mosi", media=False)] == [-1.6, 0.0]
+    _npz(tmp_path / "label-6way.npz", "test1_corpus", {"x": {"emo": "Worried "}})
+    assert mer.load_unibench(str(tmp_path), "mer2023", media=False)[0]["basic"] == "worried"
+
+
+@pytest.mark.parametrize("corpus,message", [
+    ({"m1": {"emo": 9}}, r"sample 'm1'.*emo must be an integer 0..6, got 9"),
+    ({"m1": {"label": 1}}, r"sample 'm1'.*label must be a dict with 'emo' or 'val'"),
+    ({"m1": {"val": "high"}}, r"sample 'm1'.*val must be a number"),
+])
+def test_unibench_bad_labels(tmp_path, corpus, message):
+    _npz(tmp_path / "label.npz", "test_corpus", corpus)
+    with pytest.raises(SystemExit, match=message):
+        mer.load_unibench(str(tmp_path), "meld", media=False)
+    with pytest.raises(SystemExit, match="no key 'test_corpus'"):
+        _npz(tmp_path / "label.npz", "other", corpus)
+        mer.load_unibench(str(tmp_path), "meld", media=False)
+
+
+def test_unibench_missing_media_is_an_error(tmp_path):
+    _npz(tmp_path / "label.npz", "test_corpus", {"s1": {"val": 1.0}})
+    with pytest.raises(SystemExit, match="'s1' has no video/s1.mp4 / audio/s1.wav"):
+        mer.load_samples(f"mosei:{tmp_path}")
+    with pytest.raises(SystemExit, match="unknown data spec"):
+        mer.load_samples(f"nope:{tmp_path}")
+
+
+def test_not_a_model_folder(tmp_path):
+    with pytest.raises(SystemExit, match="not a model folder"):
+        mer.load_model(str(tmp_path))

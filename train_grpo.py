@@ -1,0 +1,320 @@
+"""GRPO with MER-R1: dual-objective advantages and slow-fast confidence calibration.
+
+One device (CPU default: the SFT checkpoint of SmolLM2-135M, 20 steps):
+    python train_grpo.py
+    python train_grpo.py --variant=baseline --lr=1e-6
+Many (see configs/ and README for the paper's 16-GPU recipe):
+    accelerate launch --config_file configs/ddp.yaml train_grpo.py configs/grpo_paper.py
+
+One step, in order (each numbered block below is one of these):
+  1. sample G completions per prompt (slow mode: the prompt ends with `<think>`)
+  2. rewards per completion: format, R_R, R_P, R_F (Eq. 4, 13), averaged over the wheels
+  3. log-probs of the sampled tokens: policy (with grad), old policy, reference (beta > 0)
+  4. teacher-forced fast-mode pass (Eq. 8): the same answer ids after `<think></think><answer>`;
+     confidences (Eq. 1), gaps (Eq. 9), E+/E- (Eq. 10), R+ and R- (Eq. 11)
+  5. advantages of VARIANT (Eq. 5, 12 or an ablation) and the loss (Eq. 3); optimizer step
+  6. log
+"""
+import contextlib
+import json
+import os
+import random
+import time
+
+import torch
+from tqdm import tqdm
+
+import mer
+import rewards
+import wheel
+
+# I/O
+OUT_DIR = "out/grpo"
+SAVE_EVERY = 10           # steps between checkpoints (and one at the end)
+RESUME = True             # continue from OUT_DIR/last when it exists
+STOP_AFTER = 0            # end this run after N steps (0: run to the end); a later run resumes
+# data
+TRAIN = "train"           # a bundled split, a .jsonl file, or mercaptionplus:DIR
+MAX_SAMPLES = 0           # use only the first N samples (0: all)
+SKIP_MISSING_MEDIA = False
+WHEELS = ""               # wheels for the rewards: ours (empty) or a folder of official files
+REWARD_WHEELS = "1,2,3,4,5"  # which wheels the rewards average over
+# model
+INIT = "out/sft/last"     # the policy to start from (and the reference): a checkpoint, smollm2 or tiny
+# GRPO
+VARIANT = "mer_r1"        # baseline | rd | rd_ad | mer_r1 | a1 | a2 | b1 | b2 (Tables 4-5)
+G = 4                     # completions per prompt (the paper's K)
+PROMPTS = 2               # prompts per micro-batch and process
+GRAD_ACCUM = 1            # micro-batches per optimizer step
+UPDATES_PER_BATCH = 1     # optimizer steps on each sampled batch (1: ratio 1, no old-policy forward)
+MAX_STEPS = 20
+LR = 2e-6
+WARMUP_STEPS = 0
+MIN_LR_RATIO = 1.0        # 1.0: constant LR after warmup
+WEIGHT_DECAY = 0.0
+GRAD_CLIP = 1.0
+BETA = 0.04               # KL weight (0: no reference model is loaded)
+ETA = 0.2                 # clip range of the ratio
+LAMBDA_CALI = 0.1
+LAMBDA_FMT = 0.1
+AGGREGATION = "sequence"  # sequence (mean over each completion, then over completions) | token
+# sampling
+TEMPERATURE = 1.0
+TOP_P = 1.0
+MAX_NEW_TOKENS = 128
+# system
+PRECISION = "auto"        # auto (bf16 autocast on GPUs and bf16-capable CPUs, else fp32) | bf16 | fp32
+THREADS = 0               # CPU threads (0: torch's default, one per physical core)
+SEED = 0
+
+mer.configure(globals())
+if VARIANT not in rewards.VARIANTS:
+    raise SystemExit(f"--variant={VARIANT!r}: choose one of {', '.join(rewards.VARIANTS)}")
+if UPDATES_PER_BATCH > 1 and GRAD_ACCUM > 1:
+    raise SystemExit("UPDATES_PER_BATCH > 1 needs GRAD_ACCUM = 1 (each micro-batch is then its own batch)")
+
+# ---------------------------------------------------------------------------------------
+from accelerate import Accelerator  # noqa: E402
+from accelerate.utils import gather_object  # noqa: E402
+
+if THREADS:
+    torch.set_num_threads(THREADS)
+accelerator = Accelerator(cpu=not torch.cuda.is_available())
+if accelerator.state.deepspeed_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3:
+    raise SystemExit("ZeRO-3 shards the policy, and this loop calls generate on the full model: use ZeRO-2 "
+                     "(configs/zero2.yaml) or DDP")
+device, master, rank = accelerator.device, accelerator.is_main_process, accelerator.process_index
+bf16 = PRECISION == "bf16" or (PRECISION == "auto" and (torch.cuda.is_available() or mer.cpu_supports_bf16()))
+autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+torch.manual_seed(SEED + rank)  # ranks sample different completions
+
+samples = mer.load_samples(TRAIN, SKIP_MISSING_MEDIA)
+samples = samples[:MAX_SAMPLES] if MAX_SAMPLES else samples
+wheels = wheel.load_wheels(WHEELS or None)
+reward_wheels = [int(k) - 1 for k in str(REWARD_WHEELS).split(",")]
+calibrate = VARIANT in rewards.CALIBRATED
+per_step = PROMPTS * GRAD_ACCUM * accelerator.num_processes
+
+ckpt = mer.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME else None
+if INIT == "out/sft/last" and not os.path.isdir(INIT) and not ckpt:
+    raise SystemExit(f"--init={INIT}: no such checkpoint; run `python train_sft.py` first, or pass --init=smollm2")
+policy, tokenizer = mer.load_model(ckpt or INIT)
+ref = mer.load_model(INIT)[0].to(device).eval().requires_grad_(False) if BETA else None
+optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+step = 0
+if ckpt:
+    state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    mer.set_rng_state(state["rng"][rank])
+    step = state["step"]
+    if master:
+        print(f"resuming from {ckpt} at step {step}")
+policy, optimizer = accelerator.prepare(policy, optimizer)
+eos = tokenizer.eos_token_id
+tokenizer.padding_side = "left"
+# V(c) of Eq. (1) per reward wheel, for words with and without a leading space
+first_tokens = {(k, sp): mer.category_first_tokens(wheels, k, tokenizer, sp) for k in reward_wheels for sp in (0, 1)}
+
+
+def batch_at(position):
+    """This process's prompts of the global batch at data position `position` (fixed shuffle per epoch)."""
+    out = []
+    for p in range(position, position + per_step):
+        epoch, i = divmod(p, len(samples))
+        order = list(range(len(samples)))
+        random.Random(SEED + epoch).shuffle(order)
+        out.append(samples[order[i]])
+    return out[rank::accelerator.num_processes]
+
+
+def left_pad(rows, pad):
+    """Left-padded ids and attention mask from a list of id lists."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    return ids, mask
+
+
+def completion_logits(model, ids, mask, n_completion):
+    """Logits predicting the last n_completion tokens of each row (LM head only there)."""
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens only
+    with autocast():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                       logits_to_keep=n_completion + 1).logits
+    return logits[:, :-1].float()
+
+
+def token_logprobs(logits, tokens):
+    """log pi(token) under temperature-scaled logits (the distribution that sampled them)."""
+    return torch.log_softmax(logits / TEMPERATURE, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def group_rewards(batch, texts):
+    """Step 2: format, R_R, R_P, R_F of each completion; rows are [prompt][completion]."""
+    r = {"format": [], "recall": [], "precision": [], "f1": []}
+    for i, text in enumerate(texts):
+        sample = batch[i // G]
+        words = wheel.parse_answer(text)
+        gt = [wheel.map_words(wheel.split_words(sample["openset"]), wheels, k) for k in reward_wheels]
+        pred = [wheel.map_words(words, wheels, k) for k in reward_wheels]
+        r_r, r_p, r_f = rewards.wheel_rewards(pred, gt)
+        r["format"].append(rewards.format_reward(text, words, sample.get("subtitle", "")))
+        r["recall"].append(r_r)
+        r["precision"].append(r_p)
+        r["f1"].append(r_f)
+    return r
+
+
+def calibration(batch, prompt_ids, completions, slow_logits):
+    """Step 4 (Eq. 8-11): R+ and R- of each completion, from the slow sequence (the sample itself,
+    whose logits the policy pass already computed) and a teacher-forced fast sequence that puts the
+    SAME answer token ids after `<think></think><answer>`. No gradient: these are rewards."""
+    fast_rows, fast_pos, located = [], [], []
+    for i, ids in enumerate(completions):
+        found = mer.answer_word_positions(ids, tokenizer)
+        if found is None or not found[1]:
+            located.append(None)
+            continue
+        start, words = found
+        fast_prompt = prompt_ids[i // G]["fast"]
+        fast_rows.append(fast_prompt + ids[start:])
+        # the distribution that predicts word e's first token sits one position before it
+        fast_pos.append([len(fast_prompt) + j - start - 1 for _, j, _ in words])
+        located.append(words)
+    r_pos, r_neg = [0.0] * len(completions), [0.0] * len(completions)
+    if not fast_rows:
+        return r_pos, r_neg
+    ids, mask = left_pad(fast_rows, eos)
+    # rows are left-padded, so the answers all end in the last column: keep logits from the earliest needed one
+    keep = ids.shape[1] - min(ids.shape[1] - len(r) + min(p) for r, p in zip(fast_rows, fast_pos))
+    with torch.no_grad(), autocast():
+        fast_logits = accelerator.unwrap_model(policy)(input_ids=ids, attention_mask=mask, logits_to_keep=keep,
+                                                       position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits.float()
+    offset = ids.shape[1] - keep  # column of fast_logits[:, 0] in the padded rows
+    row = 0
+    for i, words in enumerate(located):
+        if words is None:
+            continue
+        pad = ids.shape[1] - len(fast_rows[row])
+        fast_lp = torch.log_softmax(fast_logits[row, [pad + p - offset for p in fast_pos[row]]], -1)
+        # slow_logits[i, j] is the policy's distribution for completion token j (same sequence, Eq. 8)
+        slow_lp = torch.log_softmax(slow_logits[i, [j for _, j, _ in words]].detach(), -1)
+        sample, per_wheel = batch[i // G], []
+        for k in reward_wheels:
+            gt = wheel.map_words(wheel.split_words(sample["openset"]), wheels, k)
+            cats = [wheel.G_w(w, wheels, k) for w, _, _ in words]
+            tables = [first_tokens[(k, int(space))] for _, _, space in words]
+            gaps = rewards.word_gaps(slow_lp, fast_lp, [completions[i][j] for _, j, _ in words], cats, tables,
+                                     word_level=VARIANT == "a1")
+            per_wheel.append(rewards.calibration_rewards(gaps, cats, gt))
+        r_pos[i], r_neg[i] = rewards.wheel_calibration_rewards(per_wheel)
+        row += 1
+    return r_pos, r_neg
+
+
+def save():
+    states = gather_object([mer.rng_state()])
+    if master:
+        mer.save_checkpoint(os.path.join(OUT_DIR, "last"), accelerator.unwrap_model(policy), tokenizer,
+                            {"optimizer": optimizer.state_dict(), "rng": states, "step": step,
+                             "position": step * per_step, "config": {k: v for k, v in globals().items() if k.isupper()}})
+    accelerator.wait_for_everyone()
+
+
+os.makedirs(OUT_DIR, exist_ok=True)
+log = open(os.path.join(OUT_DIR, "log.jsonl"), "a") if master else None
+total_steps = MAX_STEPS
+stop_at = min(total_steps, step + STOP_AFTER) if STOP_AFTER else total_steps
+bar = tqdm(total=total_steps, initial=step, desc=f"grpo {VARIANT}", disable=not master)
+try:
+    while step < stop_at:
+        t_step = time.time()
+        timing = {"generate_s": 0.0, "fwd_bwd_s": 0.0, "fast_s": 0.0}
+        stats = []
+        lr = mer.lr_at(step, LR, WARMUP_STEPS, total_steps, MIN_LR_RATIO) if WARMUP_STEPS else LR
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch_all = batch_at(step * per_step)
+        for micro in range(GRAD_ACCUM):
+            batch = batch_all[micro * PROMPTS:(micro + 1) * PROMPTS]
+            # 1. sample G completions per prompt, slow mode
+            t0 = time.time()
+            prompt_ids = [{m: tokenizer(mer.prompt_text(s, tokenizer, m), add_special_tokens=False)["input_ids"]
+                           for m in ("slow", "fast")} for s in batch]
+            ids, mask = left_pad([p["slow"] for p in prompt_ids], eos)
+            with torch.no_grad(), autocast():
+                seqs = accelerator.unwrap_model(policy).generate(
+                    input_ids=ids, attention_mask=mask, do_sample=True, temperature=TEMPERATURE, top_p=TOP_P,
+                    max_new_tokens=MAX_NEW_TOKENS, num_return_sequences=G, pad_token_id=eos, eos_token_id=eos)
+            completion = seqs[:, ids.shape[1]:]
+            c_mask = rewards.completion_mask(completion, eos)
+            seq_mask = torch.cat([mask.repeat_interleave(G, 0), c_mask], 1)
+            completions = [row[:int(n)].tolist() for row, n in zip(completion, c_mask.sum(1))]
+            texts = [mer.PREFIX["slow"] + tokenizer.decode(c, skip_special_tokens=True) for c in completions]
+            timing["generate_s"] += time.time() - t0
+
+            # 2. rewards
+            r = group_rewards(batch, texts)
+
+            # 3. log-probs: policy (with grad), old (ratio 1 when each batch is used once), reference
+            t0 = time.time()
+            logits = completion_logits(policy, seqs, seq_mask, completion.shape[1])
+            logp = token_logprobs(logits, completion)
+            old_logp = logp.detach()
+            ref_logp = None
+            if ref is not None:
+                with torch.no_grad():
+                    ref_logp = token_logprobs(completion_logits(ref, seqs, seq_mask, completion.shape[1]), completion)
+            timing["fwd_bwd_s"] += time.time() - t0
+
+            # 4. teacher-forced fast pass -> R+ and R- (Eq. 8-11)
+            t0 = time.time()
+            r["cali_pos"], r["cali_neg"] = calibration(batch, prompt_ids, completions, logits) if calibrate else (
+                [0.0] * len(texts), [0.0] * len(texts))
+            timing["fast_s"] += time.time() - t0
+
+            # 5. advantages within each prompt's group, then Eq. (3)
+            t0 = time.time()
+            grouped = {k: torch.tensor(v, device=device).view(-1, G) for k, v in r.items()}
+            adv = rewards.advantages(VARIANT, grouped, LAMBDA_CALI, LAMBDA_FMT).flatten()
+            for update in range(UPDATES_PER_BATCH):
+                if update > 0:  # later updates on the same batch: fresh policy log-probs, fixed old ones
+                    logp = token_logprobs(completion_logits(policy, seqs, seq_mask, completion.shape[1]), completion)
+                loss, s = rewards.grpo_loss(logp, old_logp, adv, c_mask, ref_logp, ETA, BETA, AGGREGATION)
+                last_micro = micro == GRAD_ACCUM - 1
+                with accelerator.no_sync(policy) if not last_micro else contextlib.nullcontext():
+                    accelerator.backward(loss / GRAD_ACCUM)
+                if last_micro or UPDATES_PER_BATCH > 1:
+                    grad_norm = accelerator.clip_grad_norm_(policy.parameters(), GRAD_CLIP)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            timing["fwd_bwd_s"] += time.time() - t0
+            stats.append({"loss": loss.item(), **s, **{k: sum(v) / len(v) for k, v in r.items()},
+                          "completion_len": c_mask.sum(1).float().mean().item(),
+                          "zero_var_groups": (adv.view(-1, G) == 0).all(1).float().mean().item()})
+        step += 1
+        # 6. log (averaged over micro-batches and processes)
+        rec = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+        rec = {k: accelerator.reduce(torch.tensor(v, device=device), "mean").item() for k, v in rec.items()}
+        if master:
+            rec = {"step": step, "lr": lr, "grad_norm": float(grad_norm), **rec,
+                   **{k: round(v, 3) for k, v in timing.items()}, "step_s": round(time.time() - t_step, 3)}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            bar.set_postfix(R=f"{rec['recall']:.2f}", P=f"{rec['precision']:.2f}", fmt=f"{rec['format']:.2f}",
+                            kl=f"{rec['kl']:.1e}")
+            bar.update(1)
+        if step % SAVE_EVERY == 0 or step == stop_at:
+            save()
+except KeyboardInterrupt:
+    if master:
+        print(f"\ninterrupted at step {step}: saving {OUT_DIR}/last")
+    save()
+    raise SystemExit(130)
+bar.close()
+# replicas must agree: every rank reports a checksum of its weights
+checksums = gather_object([sum(p.double().sum().item() for p in accelerator.unwrap_model(policy).parameters())])
+if master:
+    log.write(json.dumps({"event": "end", "step": step, "world_size": accelerator.num_processes,
+                          "param_checksums": checksums}) + "\n")
+    print(f"done: {step} steps, checkpoint in {OUT_DIR}/last")

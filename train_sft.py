@@ -1,0 +1,155 @@
+"""Supervised fine-tuning: teach the `<think>{reason}</think><answer>{openset}</answer>` format.
+
+One device (CPU default: SmolLM2-135M on the bundled train split, ~12 minutes on 2 cores):
+    python train_sft.py
+    python train_sft.py --max_steps=20 --lr=3e-5
+The paper's recipe (5k samples, 2 epochs, lr 2e-5) on GPUs:
+    accelerate launch train_sft.py configs/sft_paper.py --model=Qwen/Qwen2.5-Omni-7B --train=mercaptionplus:/data/mer
+A run resumes from OUT_DIR/last when it exists (RESUME=True); Ctrl-C saves before exiting.
+"""
+import contextlib
+import json
+import os
+import random
+import time
+
+import torch
+from tqdm import tqdm
+
+import mer
+
+# I/O
+OUT_DIR = "out/sft"
+SAVE_EVERY = 25           # steps between checkpoints (and one at the end)
+RESUME = True             # continue from OUT_DIR/last when it exists
+STOP_AFTER = 0            # end this run after N steps (0: run to the end); a later run resumes
+# data
+TRAIN = "train"           # a bundled split, a .jsonl file, or mercaptionplus:DIR
+MAX_SAMPLES = 0           # use only the first N samples (0: all)
+SKIP_MISSING_MEDIA = False
+MAX_LEN = 384             # tokens per sample (prompt + target)
+# model
+MODEL = "smollm2"         # smollm2 | tiny | a from_pretrained name or folder
+# optimizer
+EPOCHS = 1
+MAX_STEPS = 56            # optimizer steps (0: EPOCHS over the data)
+BATCH_SIZE = 8            # samples per micro-batch and process
+GRAD_ACCUM = 1            # micro-batches per optimizer step
+LR = 5e-5
+WARMUP_STEPS = 5
+MIN_LR_RATIO = 0.1
+WEIGHT_DECAY = 0.0
+GRAD_CLIP = 1.0
+# system
+PRECISION = "auto"        # auto (bf16 autocast on GPUs and bf16-capable CPUs, else fp32) | bf16 | fp32
+THREADS = 0               # CPU threads (0: torch's default, one per physical core)
+SEED = 0
+
+mer.configure(globals())
+
+# ---------------------------------------------------------------------------------------
+from accelerate import Accelerator  # noqa: E402  (after configure: --help-like errors stay fast)
+
+if THREADS:
+    torch.set_num_threads(THREADS)
+accelerator = Accelerator(cpu=not torch.cuda.is_available())
+device, master = accelerator.device, accelerator.is_main_process
+bf16 = PRECISION == "bf16" or (PRECISION == "auto" and (torch.cuda.is_available() or mer.cpu_supports_bf16()))
+torch.manual_seed(SEED)
+
+samples = mer.load_samples(TRAIN, SKIP_MISSING_MEDIA)
+samples = samples[:MAX_SAMPLES] if MAX_SAMPLES else samples
+missing = [s["name"] for s in samples if not s.get("reason")]
+if missing:
+    raise SystemExit(f"{TRAIN}: {len(missing)} samples have no 'reason' (the SFT target), e.g. {missing[0]!r}")
+per_step = BATCH_SIZE * GRAD_ACCUM * accelerator.num_processes
+total_steps = MAX_STEPS or EPOCHS * len(samples) // per_step
+
+ckpt = mer.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME else None
+model, tokenizer = mer.load_model(ckpt or MODEL)
+optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+step = 0
+if ckpt:
+    state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    mer.set_rng_state(state["rng"])
+    step = state["step"]
+    if master:
+        print(f"resuming from {ckpt} at step {step}")
+model, optimizer = accelerator.prepare(model, optimizer)
+
+
+def batch_at(position):
+    """The samples of one global batch starting at data position `position` (in samples); the
+    order is a fixed shuffle per epoch, so a resumed run sees the same batches."""
+    out = []
+    for p in range(position, position + per_step):
+        epoch, i = divmod(p, len(samples))
+        order = list(range(len(samples)))
+        random.Random(SEED + epoch).shuffle(order)
+        out.append(samples[order[i]])
+    return out[accelerator.process_index::accelerator.num_processes]
+
+
+def collate(batch):
+    """Right-padded input_ids / attention_mask / labels (-100 on the prompt and on padding)."""
+    encoded = [mer.encode_sft(s, tokenizer, MAX_LEN) for s in batch]
+    width = max(len(ids) for ids, _ in encoded)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in encoded])
+    mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in encoded])
+    labels = torch.tensor([l + [-100] * (width - len(l)) for _, l in encoded])
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def save():
+    if master:
+        mer.save_checkpoint(os.path.join(OUT_DIR, "last"), accelerator.unwrap_model(model), tokenizer,
+                            {"optimizer": optimizer.state_dict(), "rng": mer.rng_state(), "step": step,
+                             "position": step * per_step, "config": {k: v for k, v in globals().items() if k.isupper()}})
+    accelerator.wait_for_everyone()
+
+
+os.makedirs(OUT_DIR, exist_ok=True)
+log = open(os.path.join(OUT_DIR, "log.jsonl"), "a") if master else None
+bar = tqdm(total=total_steps, initial=step, desc="sft", disable=not master)
+stop_at = min(total_steps, step + STOP_AFTER) if STOP_AFTER else total_steps
+model.train()
+try:
+    while step < stop_at:
+        t0 = time.time()
+        lr = mer.lr_at(step, LR, WARMUP_STEPS, total_steps, MIN_LR_RATIO)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = batch_at(step * per_step)
+        loss_sum, n_tokens = 0.0, 0
+        for micro in range(GRAD_ACCUM):
+            ids, mask, labels = collate(batch[micro * BATCH_SIZE:(micro + 1) * BATCH_SIZE])
+            with accelerator.no_sync(model) if micro < GRAD_ACCUM - 1 else contextlib.nullcontext():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                accelerator.backward(loss / GRAD_ACCUM)
+            loss_sum += loss.item() / GRAD_ACCUM
+            n_tokens += int(mask.sum())
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        loss_avg = accelerator.reduce(torch.tensor(loss_sum, device=device), "mean").item()
+        if master:
+            rec = {"step": step, "loss": loss_avg, "lr": lr, "grad_norm": float(grad_norm), "tokens": n_tokens,
+                   "step_s": round(time.time() - t0, 3)}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{loss_avg:.3f}", lr=f"{lr:.1e}")
+            bar.update(1)
+        if step % SAVE_EVERY == 0 or step == stop_at:
+            save()
+except KeyboardInterrupt:
+    if master:
+        print(f"\ninterrupted at step {step}: saving {OUT_DIR}/last")
+    save()
+    raise SystemExit(130)
+bar.close()
+if master:
+    print(f"done: {step} steps, checkpoint in {OUT_DIR}/last")
