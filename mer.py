@@ -438,7 +438,8 @@ def answer_word_positions(ids, tokenizer):
     `ids` are the completion's token ids (after the forced prefix). Returns (answer_start, words):
     answer_start is the index of the first token after the last complete `<answer>`, and words
     the answer words as `wheel.parse_answer` gives them, each with the index of its first token
-    and whether that token starts with a space. None when there is no complete answer block or
+    (the token holding its first letter) and whether that token starts before the letter (a
+    space-prefixed token such as "Ġsad"). None when there is no complete answer block or
     no token boundary right after `<answer>` (the fast sequence could not reuse the same ids)."""
     import bisect
     import re
@@ -459,15 +460,33 @@ def answer_word_positions(ids, tokenizer):
         seen.add(word)
         first_char = m.start(1) + piece.start() + re.search(r"\w", piece.group()).start()
         j = bisect.bisect_right(starts, first_char) - 1
-        words.append((word, j, tokenizer.decode([ids[j]]).startswith(" ")))
+        words.append((word, j, starts[j] < first_char))  # the token also carries the space before the word
     return answer_start, words
+
+
+def fast_sequence(fast_prompt_ids, completion_ids, tokenizer):
+    """Eq. (8): the teacher-forced fast-mode sequence of a sampled completion: the fast prompt
+    (ending in `<think></think><answer>`) followed by the SAME answer token ids, copied from the
+    completion (never re-tokenised). Returns (fast_ids, words) with words a list of
+    (word, index of its first token in the completion, index in fast_ids, leading space), or
+    None when the completion has no usable answer."""
+    found = answer_word_positions(completion_ids, tokenizer)
+    if found is None or not found[1]:
+        return None
+    start, words = found
+    fast_ids = list(fast_prompt_ids) + list(completion_ids[start:])
+    return fast_ids, [(w, j, len(fast_prompt_ids) + j - start, space) for w, j, space in words]
 
 
 def category_first_tokens(wheels, k, tokenizer, leading_space):
     """V(c) of Eq. (1) in token space for wheel k: {category: first token ids of its wheel words},
-    tokenised as they appear in an answer (" word" after a comma, "word" right after <answer>)."""
+    each the token holding the word's first letter when the word is tokenised as in an answer:
+    after a space (", sad") when leading_space, else bare ("<answer>sad")."""
     out = {}
     for word, cat in wheels.level1[k].items():
-        first = tokenizer((" " if leading_space else "") + word, add_special_tokens=False)["input_ids"][0]
+        text = (" " if leading_space else "") + word
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ends = [len(tokenizer.decode(ids[:j + 1], skip_special_tokens=True)) for j in range(len(ids))]
+        first = next(i for i, e in zip(ids, ends) if e > int(leading_space))
         out.setdefault(cat, set()).add(first)
     return {c: sorted(ids) for c, ids in out.items()}

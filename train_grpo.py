@@ -171,16 +171,12 @@ def calibration(batch, prompt_ids, completions, slow_logits):
     SAME answer token ids after `<think></think><answer>`. No gradient: these are rewards."""
     fast_rows, fast_pos, located = [], [], []
     for i, ids in enumerate(completions):
-        found = mer.answer_word_positions(ids, tokenizer)
-        if found is None or not found[1]:
-            located.append(None)
-            continue
-        start, words = found
-        fast_prompt = prompt_ids[i // G]["fast"]
-        fast_rows.append(fast_prompt + ids[start:])
-        # the distribution that predicts word e's first token sits one position before it
-        fast_pos.append([len(fast_prompt) + j - start - 1 for _, j, _ in words])
-        located.append(words)
+        built = mer.fast_sequence(prompt_ids[i // G]["fast"], ids, tokenizer)
+        located.append(built and built[1])
+        if built:
+            fast_rows.append(built[0])
+            # the distribution that predicts word e's first token sits one position before it
+            fast_pos.append([fast_j - 1 for _, _, fast_j, _ in built[1]])
     r_pos, r_neg = [0.0] * len(completions), [0.0] * len(completions)
     if not fast_rows:
         return r_pos, r_neg
@@ -198,13 +194,13 @@ def calibration(batch, prompt_ids, completions, slow_logits):
         pad = ids.shape[1] - len(fast_rows[row])
         fast_lp = torch.log_softmax(fast_logits[row, [pad + p - offset for p in fast_pos[row]]], -1)
         # slow_logits[i, j] is the policy's distribution for completion token j (same sequence, Eq. 8)
-        slow_lp = torch.log_softmax(slow_logits[i, [j for _, j, _ in words]].detach(), -1)
+        slow_lp = torch.log_softmax(slow_logits[i, [j for _, j, _, _ in words]].detach(), -1)
         sample, per_wheel = batch[i // G], []
         for k in reward_wheels:
             gt = wheel.map_words(wheel.split_words(sample["openset"]), wheels, k)
-            cats = [wheel.G_w(w, wheels, k) for w, _, _ in words]
-            tables = [first_tokens[(k, int(space))] for _, _, space in words]
-            gaps = rewards.word_gaps(slow_lp, fast_lp, [completions[i][j] for _, j, _ in words], cats, tables,
+            cats = [wheel.G_w(w, wheels, k) for w, _, _, _ in words]
+            tables = [first_tokens[(k, int(space))] for _, _, _, space in words]
+            gaps = rewards.word_gaps(slow_lp, fast_lp, [completions[i][j] for _, j, _, _ in words], cats, tables,
                                      word_level=VARIANT == "a1")
             per_wheel.append(rewards.calibration_rewards(gaps, cats, gt))
         r_pos[i], r_neg[i] = rewards.wheel_calibration_rewards(per_wheel)

@@ -1,0 +1,134 @@
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import mer
+import rewards
+import wheel
+from conftest import ROOT
+
+SMALL = ["--max_samples=32", "--max_new_tokens=100", "--precision=fp32", "--save_every=100", "--threads=1"]
+
+
+def _run(args, launcher=None):
+    cmd = (launcher or [sys.executable]) + [os.path.join(ROOT, "train_grpo.py")] + args
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return r
+
+
+def _log(out):
+    return [json.loads(l) for l in open(os.path.join(out, "log.jsonl"))]
+
+
+def _weights(path):
+    return AutoModelForCausalLM.from_pretrained(path).state_dict()
+
+
+@pytest.fixture(scope="session")
+def tiny_sft(tmp_path_factory):
+    """A tiny model taught the answer format for a few seconds, so that sampled groups differ."""
+    out = tmp_path_factory.mktemp("tiny_sft")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train_sft.py"), "--model=tiny", f"--out_dir={out}",
+                        "--max_samples=32", "--batch_size=8", "--max_steps=300", "--lr=3e-3", "--precision=fp32",
+                        "--save_every=1000"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return str(out / "last")
+
+
+def test_fast_sequence_on_a_known_string():
+    tok = mer.tiny_tokenizer()
+    sample = {"name": "x", "subtitle": "We won!", "openset": "happy"}
+    slow_prompt = tok(mer.prompt_text(sample, tok, "slow"), add_special_tokens=False)["input_ids"]
+    fast_prompt = tok(mer.prompt_text(sample, tok, "fast"), add_special_tokens=False)["input_ids"]
+    completion = tok("She smiles.</think><answer>happy, sad;happy, Very angry</answer>", add_special_tokens=False)["input_ids"]
+    completion += [tok.eos_token_id]
+    fast_ids, words = mer.fast_sequence(fast_prompt, completion, tok)
+    slow_ids = slow_prompt + completion
+    # the two sequences differ only in the think block
+    assert tok.decode(fast_ids) == tok.decode(slow_ids).replace("<think>She smiles.</think>", "<think></think>")
+    # the answer ids are copied, not re-tokenised
+    start = len(completion) - (len(fast_ids) - len(fast_prompt))
+    assert fast_ids[len(fast_prompt):] == completion[start:]
+    assert tok.decode(completion[:start]) == "She smiles.</think><answer>"
+    assert [w for w, _, _, _ in words] == ["happy", "sad", "very angry"]
+    wheels = wheel.load_wheels()
+    for word, slow_j, fast_j, space in words:
+        assert completion[slow_j] == fast_ids[fast_j]
+        first = tok.decode([completion[slow_j]])
+        assert first.strip() and word.replace(" ", "").startswith(first.strip().lower())
+        # the same first-token id is what V(c) holds for this word's category (Eq. 1 in context)
+        if word in ("happy", "sad"):
+            assert completion[slow_j] in mer.category_first_tokens(wheels, 1, tok, space)[word]
+    assert tok.decode(completion[:words[1][1]]).endswith("happy,")
+    assert tok.decode(completion[:words[2][1] + 1]).endswith("happy, sad;happy, V")
+    assert mer.fast_sequence(fast_prompt, tok("no answer here", add_special_tokens=False)["input_ids"], tok) is None
+
+
+def test_completion_mask_from_first_eos():
+    ids = torch.tensor([[5, 2, 2, 7], [1, 1, 1, 1], [2, 0, 0, 0]])
+    assert rewards.completion_mask(ids, 2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_one_step_changes_weights_and_logs_finite_values(tiny_sft, tmp_path):
+    _run([f"--init={tiny_sft}", f"--out_dir={tmp_path}", "--max_steps=2", *SMALL])
+    log = _log(tmp_path)
+    steps = [r for r in log if "event" not in r]
+    assert len(steps) == 2
+    for rec in steps:
+        for key in ("recall", "precision", "f1", "format", "cali_pos", "cali_neg", "kl", "clip_frac",
+                    "completion_len", "zero_var_groups", "generate_s", "fwd_bwd_s", "fast_s", "loss", "grad_norm"):
+            assert math.isfinite(rec[key]), key
+    assert any(r["zero_var_groups"] < 1 for r in steps)
+    before, after = _weights(tiny_sft), _weights(tmp_path / "last")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("variant", ["baseline", "a1", "b2"])
+def test_other_variants_run(tiny_sft, tmp_path, variant):
+    _run([f"--init={tiny_sft}", f"--out_dir={tmp_path}", "--max_steps=1", f"--variant={variant}", "--beta=0", *SMALL])
+    rec = _log(tmp_path)[0]
+    assert math.isfinite(rec["loss"]) and rec["kl"] == 0.0
+    if variant == "baseline":
+        assert rec["cali_pos"] == rec["cali_neg"] == 0.0   # no fast pass for uncalibrated variants
+
+
+def test_zero_variance_groups_give_zero_advantage_and_no_nan(tmp_path):
+    # a random tiny model never answers: every reward is 0, every group has zero variance
+    _run(["--init=tiny", f"--out_dir={tmp_path}", "--max_steps=1", "--max_new_tokens=16", *SMALL[:1], *SMALL[2:]])
+    rec = _log(tmp_path)[0]
+    assert rec["zero_var_groups"] == 1.0 and rec["loss"] == 0.0 and rec["grad_norm"] == 0.0
+
+
+def test_several_updates_per_batch(tiny_sft, tmp_path):
+    _run([f"--init={tiny_sft}", f"--out_dir={tmp_path}", "--max_steps=1", "--updates_per_batch=3", "--lr=1e-3", *SMALL])
+    rec = _log(tmp_path)[0]
+    assert math.isfinite(rec["loss"]) and rec["kl"] > 0 and 0 <= rec["clip_frac"] <= 1
+
+
+def test_resume_reaches_the_same_weights(tiny_sft, tmp_path):
+    args = [f"--init={tiny_sft}", "--max_steps=4", "--lr=1e-4", *SMALL]
+    _run([f"--out_dir={tmp_path / 'full'}", *args])
+    _run([f"--out_dir={tmp_path / 'cut'}", "--stop_after=2", *args])
+    assert torch.load(tmp_path / "cut" / "last" / "trainer_state.pt", weights_only=False)["step"] == 2
+    _run([f"--out_dir={tmp_path / 'cut'}", *args])
+    full, cut = _weights(tmp_path / "full" / "last"), _weights(tmp_path / "cut" / "last")
+    assert all(torch.allclose(full[k], cut[k], atol=1e-6) for k in full)
+    assert [r["step"] for r in _log(tmp_path / "cut") if "event" not in r] == [1, 2, 3, 4]
+
+
+def test_two_processes_stay_in_sync(tiny_sft, tmp_path):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    _run([f"--init={tiny_sft}", f"--out_dir={tmp_path}", "--max_steps=2", "--lr=1e-4", *SMALL], launcher)
+    end = _log(tmp_path)[-1]
+    assert end["event"] == "end" and end["world_size"] == 2
+    assert end["param_checksums"][0] == end["param_checksums"][1]
+    init_sum = sum(v.double().sum().item() for v in _weights(tiny_sft).values())
+    assert end["param_checksums"][0] != pytest.approx(init_sum, abs=1e-6)
