@@ -384,6 +384,18 @@ def load_samples(spec, skip_missing_media=False):
                      f"mercaptionplus, ovmerd, {', '.join(UNIBENCH)}")
 
 
+def select(samples, skip=0, take=0, seed=0):
+    """A fixed random subset: shuffle with `seed`, drop the first `skip`, keep `take` (0: all).
+    SFT takes the first N (take=N) and GRPO the rest (skip=N), as in the paper's split."""
+    if not skip and not take:
+        return samples
+    order = list(samples)
+    import random
+    random.Random(seed).shuffle(order)
+    order = order[skip:]
+    return order[:take] if take else order
+
+
 # ---------------------------------------------------------------------------------------
 # Training plumbing shared by train_sft.py and train_grpo.py
 

@@ -15,7 +15,6 @@ One step, in order (each numbered block below is one of these):
   5. advantages of VARIANT (Eq. 5, 12 or an ablation) and the loss (Eq. 3); optimizer step
   6. log
 """
-import contextlib
 import json
 import os
 import random
@@ -35,7 +34,8 @@ RESUME = True             # continue from OUT_DIR/last when it exists
 STOP_AFTER = 0            # end this run after N steps (0: run to the end); a later run resumes
 # data
 TRAIN = "train"           # a bundled split, a .jsonl file, or mercaptionplus:DIR
-MAX_SAMPLES = 0           # use only the first N samples (0: all)
+SKIP_SAMPLES = 1000       # drop the first N of a fixed shuffle: the samples SFT drew from
+MAX_SAMPLES = 0           # then keep N of them (0: all)
 SKIP_MISSING_MEDIA = False
 WHEELS = ""               # wheels for the rewards: ours (empty) or a folder of official files
 REWARD_WHEELS = "1,2,3,4,5"  # which wheels the rewards average over
@@ -47,7 +47,8 @@ G = 4                     # completions per prompt (the paper's K)
 PROMPTS = 2               # prompts per micro-batch and process
 GRAD_ACCUM = 1            # micro-batches per optimizer step
 UPDATES_PER_BATCH = 1     # optimizer steps on each sampled batch (1: ratio 1, no old-policy forward)
-MAX_STEPS = 20
+MAX_STEPS = 20            # optimizer steps (0: EPOCHS over the data)
+EPOCHS = 1
 LR = 2e-6
 WARMUP_STEPS = 0
 MIN_LR_RATIO = 1.0        # 1.0: constant LR after warmup
@@ -79,7 +80,7 @@ from accelerate.utils import gather_object  # noqa: E402
 
 if THREADS:
     torch.set_num_threads(THREADS)
-accelerator = Accelerator(cpu=not torch.cuda.is_available())
+accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=GRAD_ACCUM)
 if accelerator.state.deepspeed_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3:
     raise SystemExit("ZeRO-3 shards the policy, and this loop calls generate on the full model: use ZeRO-2 "
                      "(configs/zero2.yaml) or DDP")
@@ -89,7 +90,9 @@ autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf1
 torch.manual_seed(SEED + rank)  # ranks sample different completions
 
 samples = mer.load_samples(TRAIN, SKIP_MISSING_MEDIA)
-samples = samples[:MAX_SAMPLES] if MAX_SAMPLES else samples
+samples = mer.select(samples, SKIP_SAMPLES, MAX_SAMPLES)
+if not samples:
+    raise SystemExit(f"{TRAIN}: no samples left after skip_samples={SKIP_SAMPLES}")
 wheels = wheel.load_wheels(WHEELS or None)
 reward_wheels = [int(k) - 1 for k in str(REWARD_WHEELS).split(",")]
 calibrate = VARIANT in rewards.CALIBRATED
@@ -109,6 +112,8 @@ if ckpt:
     step = state["step"]
     if master:
         print(f"resuming from {ckpt} at step {step}")
+if accelerator.state.deepspeed_plugin is not None:  # no DataLoader to infer it from
+    accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = PROMPTS * G
 policy, optimizer = accelerator.prepare(policy, optimizer)
 eos = tokenizer.eos_token_id
 tokenizer.padding_side = "left"
@@ -219,7 +224,7 @@ def save():
 
 os.makedirs(OUT_DIR, exist_ok=True)
 log = open(os.path.join(OUT_DIR, "log.jsonl"), "a") if master else None
-total_steps = MAX_STEPS
+total_steps = MAX_STEPS or EPOCHS * len(samples) // per_step
 stop_at = min(total_steps, step + STOP_AFTER) if STOP_AFTER else total_steps
 bar = tqdm(total=total_steps, initial=step, desc=f"grpo {VARIANT}", disable=not master)
 try:
@@ -252,39 +257,42 @@ try:
             # 2. rewards
             r = group_rewards(batch, texts)
 
-            # 3. log-probs: policy (with grad), old (ratio 1 when each batch is used once), reference
-            t0 = time.time()
-            logits = completion_logits(policy, seqs, seq_mask, completion.shape[1])
-            logp = token_logprobs(logits, completion)
-            old_logp = logp.detach()
-            ref_logp = None
-            if ref is not None:
-                with torch.no_grad():
-                    ref_logp = token_logprobs(completion_logits(ref, seqs, seq_mask, completion.shape[1]), completion)
-            timing["fwd_bwd_s"] += time.time() - t0
-
-            # 4. teacher-forced fast pass -> R+ and R- (Eq. 8-11)
-            t0 = time.time()
-            r["cali_pos"], r["cali_neg"] = calibration(batch, prompt_ids, completions, logits) if calibrate else (
-                [0.0] * len(texts), [0.0] * len(texts))
-            timing["fast_s"] += time.time() - t0
-
-            # 5. advantages within each prompt's group, then Eq. (3)
-            t0 = time.time()
-            grouped = {k: torch.tensor(v, device=device).view(-1, G) for k, v in r.items()}
-            adv = rewards.advantages(VARIANT, grouped, LAMBDA_CALI, LAMBDA_FMT).flatten()
+            # accumulate(): no gradient sync and no optimizer step until the last micro-batch; the
+            # policy forward must sit inside it too. Updates after the first (UPDATES_PER_BATCH > 1)
+            # reuse the batch's rewards, advantages, reference and old log-probs.
             for update in range(UPDATES_PER_BATCH):
-                if update > 0:  # later updates on the same batch: fresh policy log-probs, fixed old ones
-                    logp = token_logprobs(completion_logits(policy, seqs, seq_mask, completion.shape[1]), completion)
-                loss, s = rewards.grpo_loss(logp, old_logp, adv, c_mask, ref_logp, ETA, BETA, AGGREGATION)
-                last_micro = micro == GRAD_ACCUM - 1
-                with accelerator.no_sync(policy) if not last_micro else contextlib.nullcontext():
-                    accelerator.backward(loss / GRAD_ACCUM)
-                if last_micro or UPDATES_PER_BATCH > 1:
-                    grad_norm = accelerator.clip_grad_norm_(policy.parameters(), GRAD_CLIP)
+                with accelerator.accumulate(policy):
+                    # 3. log-probs: policy (with grad), old (ratio 1 when each batch is used once), reference
+                    t0 = time.time()
+                    logits = completion_logits(policy, seqs, seq_mask, completion.shape[1])
+                    logp = token_logprobs(logits, completion)
+                    if update == 0:
+                        old_logp = logp.detach()
+                        ref_logp = None
+                        if ref is not None:
+                            with torch.no_grad():
+                                ref_logits = completion_logits(ref, seqs, seq_mask, completion.shape[1])
+                                ref_logp = token_logprobs(ref_logits, completion)
+                        timing["fwd_bwd_s"] += time.time() - t0
+
+                        # 4. teacher-forced fast pass -> R+ and R- (Eq. 8-11)
+                        t0 = time.time()
+                        zeros = [0.0] * len(texts)
+                        r["cali_pos"], r["cali_neg"] = (calibration(batch, prompt_ids, completions, logits)
+                                                        if calibrate else (zeros, zeros))
+                        timing["fast_s"] += time.time() - t0
+                        t0 = time.time()
+
+                        # 5. advantages within each prompt's group (rows of G), then Eq. (3)
+                        grouped = {k: torch.tensor(v, device=device).view(-1, G) for k, v in r.items()}
+                        adv = rewards.advantages(VARIANT, grouped, LAMBDA_CALI, LAMBDA_FMT).flatten()
+                    loss, s = rewards.grpo_loss(logp, old_logp, adv, c_mask, ref_logp, ETA, BETA, AGGREGATION)
+                    accelerator.backward(loss)  # divides by GRAD_ACCUM
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(policy.parameters(), GRAD_CLIP)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-            timing["fwd_bwd_s"] += time.time() - t0
+                    timing["fwd_bwd_s"] += time.time() - t0
             stats.append({"loss": loss.item(), **s, **{k: sum(v) / len(v) for k, v in r.items()},
                           "completion_len": c_mask.sum(1).float().mean().item(),
                           "zero_var_groups": (adv.view(-1, G) == 0).all(1).float().mean().item()})
@@ -293,7 +301,7 @@ try:
         rec = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
         rec = {k: accelerator.reduce(torch.tensor(v, device=device), "mean").item() for k, v in rec.items()}
         if master:
-            rec = {"step": step, "lr": lr, "grad_norm": float(grad_norm), **rec,
+            rec = {"step": step, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm), **rec,
                    **{k: round(v, 3) for k, v in timing.items()}, "step_s": round(time.time() - t_step, 3)}
             log.write(json.dumps(rec) + "\n")
             log.flush()

@@ -7,7 +7,6 @@ The paper's recipe (5k samples, 2 epochs, lr 2e-5) on GPUs:
     accelerate launch train_sft.py configs/sft_paper.py --model=Qwen/Qwen2.5-Omni-7B --train=mercaptionplus:/data/mer
 A run resumes from OUT_DIR/last when it exists (RESUME=True); Ctrl-C saves before exiting.
 """
-import contextlib
 import json
 import os
 import random
@@ -25,7 +24,8 @@ RESUME = True             # continue from OUT_DIR/last when it exists
 STOP_AFTER = 0            # end this run after N steps (0: run to the end); a later run resumes
 # data
 TRAIN = "train"           # a bundled split, a .jsonl file, or mercaptionplus:DIR
-MAX_SAMPLES = 0           # use only the first N samples (0: all)
+SKIP_SAMPLES = 0          # drop the first N of a fixed shuffle (GRPO: the samples SFT used)
+MAX_SAMPLES = 1000        # then keep N of them (0: all); GRPO skips these
 SKIP_MISSING_MEDIA = False
 MAX_LEN = 384             # tokens per sample (prompt + target)
 # model
@@ -52,13 +52,15 @@ from accelerate import Accelerator  # noqa: E402  (after configure: --help-like 
 
 if THREADS:
     torch.set_num_threads(THREADS)
-accelerator = Accelerator(cpu=not torch.cuda.is_available())
+accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=GRAD_ACCUM)
 device, master = accelerator.device, accelerator.is_main_process
 bf16 = PRECISION == "bf16" or (PRECISION == "auto" and (torch.cuda.is_available() or mer.cpu_supports_bf16()))
 torch.manual_seed(SEED)
 
 samples = mer.load_samples(TRAIN, SKIP_MISSING_MEDIA)
-samples = samples[:MAX_SAMPLES] if MAX_SAMPLES else samples
+samples = mer.select(samples, SKIP_SAMPLES, MAX_SAMPLES)
+if not samples:
+    raise SystemExit(f"{TRAIN}: no samples left after skip_samples={SKIP_SAMPLES}")
 missing = [s["name"] for s in samples if not s.get("reason")]
 if missing:
     raise SystemExit(f"{TRAIN}: {len(missing)} samples have no 'reason' (the SFT target), e.g. {missing[0]!r}")
@@ -76,6 +78,8 @@ if ckpt:
     step = state["step"]
     if master:
         print(f"resuming from {ckpt} at step {step}")
+if accelerator.state.deepspeed_plugin is not None:  # no DataLoader to infer it from
+    accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = BATCH_SIZE
 model, optimizer = accelerator.prepare(model, optimizer)
 
 
@@ -125,19 +129,21 @@ try:
         loss_sum, n_tokens = 0.0, 0
         for micro in range(GRAD_ACCUM):
             ids, mask, labels = collate(batch[micro * BATCH_SIZE:(micro + 1) * BATCH_SIZE])
-            with accelerator.no_sync(model) if micro < GRAD_ACCUM - 1 else contextlib.nullcontext():
+            # accumulate(): no gradient sync and no optimizer step until the last micro-batch
+            with accelerator.accumulate(model):
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-                accelerator.backward(loss / GRAD_ACCUM)
+                accelerator.backward(loss)  # divides by GRAD_ACCUM
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.item() / GRAD_ACCUM
             n_tokens += int(mask.sum())
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
         step += 1
         loss_avg = accelerator.reduce(torch.tensor(loss_sum, device=device), "mean").item()
         if master:
-            rec = {"step": step, "loss": loss_avg, "lr": lr, "grad_norm": float(grad_norm), "tokens": n_tokens,
+            rec = {"step": step, "loss": loss_avg, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm), "tokens": n_tokens,
                    "step_s": round(time.time() - t0, 3)}
             log.write(json.dumps(rec) + "\n")
             log.flush()

