@@ -1,4 +1,13 @@
-"""MER-UniBench metrics (Eq. 36-40, WAF) and the evaluation command.
+"""MER-UniBench metrics (Eq. 36-40, WAF), the evaluation harness (fast and slow thinking) and
+the diagnostics of the paper's Section 3.
+
+Evaluate a model on the bundled test splits in both modes (default checkpoint: out/grpo/last,
+else out/sft/last, else the base smollm2):
+    python evaluate.py
+    python evaluate.py --ckpt=out/sft/last --splits=test_fine --modes=slow
+    python evaluate.py --splits=ovmerd:/data/ovmerd,mer2023:/data/mer2023,mosi:/data/mosi
+It writes OUT_DIR/preds_{split}_{mode}.csv (name,openset,mode,text), labels_{split}.csv,
+summary.json and, with matplotlib installed, diagnostics.png and training.png.
 
 Score predictions that already exist (no model needed):
     python evaluate.py --preds=PRED.csv --labels=LABELS.csv --task=fine
@@ -9,11 +18,29 @@ emotion words is POSITIVE/NEGATIVE below (offline and deterministic).
 """
 import csv
 import json
+import os
 import sys
+import time
 
+import rewards
 import wheel
 from mer import configure
 
+# harness
+CKPT = ""           # checkpoint folder or model name; empty: out/grpo/last, else out/sft/last, else smollm2
+SPLITS = "test_fine,test_basic,test_sentiment"  # bundled splits, .jsonl files, or KIND:DIR (see mer.load_samples)
+MODES = "fast,slow"
+OUT_DIR = "out/eval"
+MAX_SAMPLES = 0     # per split (0: all)
+BATCH_SIZE = 16
+MAX_NEW_TOKENS = 192  # slow mode; fast mode stops at the answer
+FAST_MAX_NEW_TOKENS = 48
+DIAGNOSTICS = True  # teacher-forced confidences (Eq. 1, 2) on the model's own answers
+JUDGE = ""          # a model that maps emotion words to sentiment (paper: Qwen2.5-7B-Instruct); empty: wheel mapping
+GRPO_LOG = "out/grpo/log.jsonl"  # plotted as training dynamics when present
+PRECISION = "auto"  # auto | bf16 | fp32
+THREADS = 0
+SKIP_MISSING_MEDIA = False
 # score-only inputs
 PREDS = ""          # CSV name,openset of predictions
 LABELS = ""         # CSV name,openset (fine, basic) or name,valence (sentiment)
@@ -188,6 +215,317 @@ def score_files(preds_path, labels_path, task, wheels_dir=""):
     raise SystemExit(f"--task must be fine, basic or sentiment, not {task!r}")
 
 
+# ---------------------------------------------------------------------------------------
+# Diagnostics (Section 3): pure functions
+
+def answer_confidences(word_logprobs, word_tables, gt):
+    """Eq. (1) and (2) for one answer in one wheel, from teacher-forced next-token log-probs at the
+    first token of each answer word (`word_logprobs` [n_words, vocab]; `word_tables[j]` the V(c)
+    table for word j in context). conf(c) is Eq. (1) averaged over the word positions; returns
+    (conf_gt, margin): the mean conf over ground-truth categories and Eq. (2). None when the
+    answer has no word or the ground truth no category."""
+    if not gt or len(word_logprobs) == 0:
+        return None
+    per_word = [rewards.category_confidences(word_logprobs[j], word_tables[j]) for j in range(len(word_logprobs))]
+    conf = {c: sum(float(p[c]) for p in per_word) / len(per_word) for c in per_word[0]}
+    pos = [conf[c] for c in gt if c in conf]
+    margin = rewards.confidence_margin(conf, gt)
+    if not pos or margin is None:
+        return None
+    return sum(pos) / len(pos), margin
+
+
+def retained_hit_rate(fast_preds, slow_preds, labels, wheels):
+    """Fig. 8: of the ground-truth categories that fast thinking hits, the fraction that slow thinking
+    keeps, pooled over samples, averaged over wheels, in percent."""
+    rates = []
+    for k in range(len(wheels.level1)):
+        kept = hit = 0
+        for name, gt_words in labels.items():
+            gt = wheel.map_words(gt_words, wheels, k)
+            fast_hit = gt & wheel.map_words(fast_preds.get(name, []), wheels, k)
+            hit += len(fast_hit)
+            kept += len(fast_hit & wheel.map_words(slow_preds.get(name, []), wheels, k))
+        if hit:
+            rates.append(kept / hit)
+    return 100 * sum(rates) / len(rates) if rates else 0.0
+
+
+def average_categories(preds, names, wheels):
+    """Fig. 3b: the mean number of level-1 categories per prediction, averaged over wheels."""
+    per_wheel = [sum(len(wheel.map_words(preds.get(n, []), wheels, k)) for n in names) / len(names)
+                 for k in range(len(wheels.level1))]
+    return sum(per_wheel) / len(per_wheel)
+
+
+# ---------------------------------------------------------------------------------------
+# Harness: generation, teacher-forced confidences, scores, files
+
+UNIBENCH_TASK = {"ovmerd": "fine", "mer2023": "basic", "mer2024": "basic", "meld": "basic", "iemocap": "basic",
+                 "mosi": "sentiment", "mosei": "sentiment", "sims": "sentiment", "simsv2": "sentiment"}
+JUDGE_PROMPT = ("Please assume the role of an expert in emotions. We provide a set of emotion words describing a "
+                "character. Please choose the most likely sentiment from the candidates: [positive, negative, "
+                "neutral].\nEmotion words: {words}\nAnswer with one word.")
+
+
+def split_name(spec):
+    """A short name for a split spec: the kind of KIND:DIR, the file name of a .jsonl, or the split."""
+    if spec.endswith(".jsonl"):
+        return os.path.splitext(os.path.basename(spec))[0]
+    return spec.partition(":")[0]
+
+
+def task_of(spec):
+    """fine | basic | sentiment."""
+    name = split_name(spec)
+    if name in UNIBENCH_TASK:
+        return UNIBENCH_TASK[name]
+    return "sentiment" if "sentiment" in name else "basic" if "basic" in name else "fine"
+
+
+def generate(model, tokenizer, samples, mode, max_new_tokens, batch_size, autocast, desc=""):
+    """Greedy completions after the forced prefix of `mode`, batched by prompt length.
+    Returns [(prompt_ids, completion_ids)] in sample order (completion cut after the first EOS)."""
+    import torch
+    from tqdm import tqdm
+    import mer
+    eos = tokenizer.eos_token_id
+    prompts = [tokenizer(mer.prompt_text(s, tokenizer, mode), add_special_tokens=False)["input_ids"] for s in samples]
+    order = sorted(range(len(samples)), key=lambda i: len(prompts[i]))
+    out = [None] * len(samples)
+    for b in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+        idx = order[b:b + batch_size]
+        ids, mask = mer.left_pad([prompts[i] for i in idx], eos, model.device)
+        with torch.no_grad(), autocast():
+            # stop at the answer's end: a model that keeps talking after </answer> costs time, not score
+            seqs = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                                  pad_token_id=eos, eos_token_id=eos, stop_strings=["</answer>"], tokenizer=tokenizer)
+        completion = seqs[:, ids.shape[1]:]
+        lengths = rewards.completion_mask(completion, eos).sum(1)
+        for row, i in enumerate(idx):
+            out[i] = (prompts[i], completion[row, :int(lengths[row])].tolist())
+    return out
+
+
+def word_logprobs(model, tokenizer, pairs, mode, batch_size, autocast):
+    """Teacher-forced pass over the model's own answers: for each (prompt, completion), the answer
+    words [(word, j, leading_space)] and the log-probs [n_words, vocab] at their first tokens."""
+    import torch
+    import mer
+    eos = tokenizer.eos_token_id
+    found = [mer.answer_word_positions(c, tokenizer, mer.PREFIX[mode]) for _, c in pairs]
+    out = [None] * len(pairs)
+    todo = [i for i, f in enumerate(found) if f and f[1]]
+    for b in range(0, len(todo), batch_size):
+        idx = todo[b:b + batch_size]
+        ids, mask = mer.left_pad([pairs[i][0] + pairs[i][1] for i in idx], eos, model.device)
+        keep = max(len(pairs[i][1]) for i in idx) + 1
+        with torch.no_grad(), autocast():
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                           logits_to_keep=keep).logits.float()
+        for row, i in enumerate(idx):
+            n = len(pairs[i][1])
+            # completion token j is predicted at kept column keep - n + j - 1
+            cols = [keep - n + j - 1 for _, j, _ in found[i][1]]
+            out[i] = (found[i][1], torch.log_softmax(logits[row, cols], -1))
+    return out
+
+
+def judge_sentiment(judge, tokenizer, word_lists, batch_size=16):
+    """The paper's LLM sentiment mapping (Appendix B.1): 1 positive, -1 negative, 0 neutral/other."""
+    import torch
+    import mer
+    eos = tokenizer.eos_token_id
+    out = []
+    for b in range(0, len(word_lists), batch_size):
+        chats = [[{"role": "user", "content": JUDGE_PROMPT.format(words=", ".join(w) or "none")}]
+                 for w in word_lists[b:b + batch_size]]
+        rows = [tokenizer.apply_chat_template(c, tokenize=True, add_generation_prompt=True) for c in chats]
+        rows = [r["input_ids"] if isinstance(r, dict) or hasattr(r, "keys") else r for r in rows]
+        ids, mask = mer.left_pad(rows, eos, judge.device)
+        with torch.no_grad():
+            seqs = judge.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=8,
+                                  pad_token_id=eos, eos_token_id=eos)
+        out += [parse_sentiment(tokenizer.decode(s[ids.shape[1]:], skip_special_tokens=True)) for s in seqs]
+    return out
+
+
+def parse_sentiment(text):
+    """The first of positive / negative / neutral in a judge's reply: 1, -1 or 0 (0 when none)."""
+    import re
+    m = re.search(r"positive|negative|neutral", text.lower())
+    return {"positive": 1, "negative": -1, "neutral": 0}[m.group()] if m else 0
+
+
+def score(task, preds, samples, wheels, sentiments=None):
+    """Scores of one split in percent: fine -> f1/precision/recall; basic -> hit/f1; sentiment -> waf.
+    `preds` {name: [words]}; `sentiments` {name: -1/0/1} overrides the wheel mapping (judge)."""
+    names = [s["name"] for s in samples]
+    if task == "sentiment":
+        scores = [sentiments[n] if sentiments else sentiment_score(preds.get(n, []), wheels) for n in names]
+        return {"waf": waf(scores, [s["valence"] for s in samples]), "n": len(names)}
+    if task == "basic":
+        labels = {s["name"]: wheel.split_words(s.get("basic") or s["openset"]) for s in samples}
+        return {"hit": hit_rate(preds, labels, wheels)["hit"], "f1": ew_scores(preds, labels, wheels)["f1"],
+                "n": len(names)}
+    labels = {s["name"]: wheel.split_words(s["openset"]) for s in samples}
+    s = ew_scores(preds, labels, wheels)
+    return {"f1": s["f1"], "precision": s["precision"], "recall": s["recall"], "n": len(names)}
+
+
+def write_csv(path, header, rows):
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def main_metric(task):
+    return {"fine": "f1", "basic": "hit", "sentiment": "waf"}[task]
+
+
+def table(results, splits, modes):
+    """A Table-3-style markdown table: splits as columns, one row per mode, R-Mean and Mean."""
+    names = [split_name(s) for s in splits]
+    lines = ["| mode | " + " | ".join(f"{n} ({main_metric(task_of(s))})" for n, s in zip(names, splits))
+             + " | R-Mean | Mean |", "|---" * (len(splits) + 3) + "|"]
+    for mode in modes:
+        vals = [results[n][mode]["scores"][main_metric(task_of(s))] for n, s in zip(names, splits)]
+        rec = [v for v, s in zip(vals, splits) if task_of(s) != "sentiment"]
+        r_mean = f"{sum(rec) / len(rec):.2f}" if rec else "-"
+        lines.append(f"| {mode} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {r_mean} | {sum(vals) / len(vals):.2f} |")
+    return "\n".join(lines)
+
+
+def default_ckpt():
+    for path in ("out/grpo/last", "out/sft/last"):
+        if os.path.isfile(os.path.join(path, "config.json")):
+            return path
+    return "smollm2"
+
+
+def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=None):
+    """Run every split in every mode, write predictions, labels and summary.json; return the summary."""
+    import mer
+    os.makedirs(out_dir, exist_ok=True)
+    results = {}
+    for spec in splits:
+        name, task = split_name(spec), task_of(spec)
+        samples = mer.load_samples(spec, SKIP_MISSING_MEDIA)
+        samples = samples[:MAX_SAMPLES] if MAX_SAMPLES else samples
+        if task == "sentiment":
+            bad = [s["name"] for s in samples if "valence" not in s]
+            if bad:
+                raise SystemExit(f"{spec}: sentiment samples need 'valence'; {bad[0]!r} has none")
+            write_csv(os.path.join(out_dir, f"labels_{name}.csv"), ["name", "valence"],
+                      [[s["name"], s["valence"]] for s in samples])
+        else:
+            write_csv(os.path.join(out_dir, f"labels_{name}.csv"), ["name", "openset"],
+                      [[s["name"], s.get("basic") or s["openset"] if task == "basic" else s["openset"]] for s in samples])
+        results[name] = {}
+        for mode in modes:
+            t0 = time.time()
+            limit = MAX_NEW_TOKENS if mode == "slow" else FAST_MAX_NEW_TOKENS
+            pairs = generate(model, tokenizer, samples, mode, limit, BATCH_SIZE, autocast, f"{name} {mode}")
+            texts = [mer.PREFIX[mode] + tokenizer.decode(c, skip_special_tokens=True) for _, c in pairs]
+            opensets = [", ".join(wheel.parse_answer(t)) for t in texts]
+            write_csv(os.path.join(out_dir, f"preds_{name}_{mode}.csv"), ["name", "openset", "mode", "text"],
+                      [[s["name"], o, mode, t] for s, o, t in zip(samples, opensets, texts)])
+            # score exactly what the CSV holds, so the score-only command reproduces these numbers
+            preds = {s["name"]: wheel.string_to_list(o) for s, o in zip(samples, opensets)}
+            sentiments = None
+            if task == "sentiment" and judge is not None:
+                judged = judge_sentiment(*judge, [preds[s["name"]] for s in samples])
+                sentiments = {s["name"]: v for s, v in zip(samples, judged)}
+            entry = {"scores": score(task, preds, samples, wheels, sentiments),
+                     "format": sum(rewards.format_reward(t, wheel.parse_answer(t), s.get("subtitle", ""),
+                                                         require_think=mode == "slow") for s, t in zip(samples, texts))
+                               / len(samples) * 100,
+                     "avg_categories": average_categories(preds, [s["name"] for s in samples], wheels),
+                     "seconds": round(time.time() - t0, 1), "preds": preds}
+            if DIAGNOSTICS and task != "sentiment":
+                entry.update(confidence_diagnostics(model, tokenizer, samples, pairs, mode, task, wheels, autocast))
+            results[name][mode] = entry
+        if "fast" in modes and "slow" in modes and task != "sentiment":
+            labels = {s["name"]: wheel.split_words(s.get("basic") or s["openset"] if task == "basic" else s["openset"])
+                      for s in samples}
+            fast, slow = results[name]["fast"], results[name]["slow"]
+            results[name]["delta_fast_minus_slow"] = {
+                k: fast["scores"][k] - slow["scores"][k] for k in ("f1", "precision", "recall", "hit")
+                if k in fast["scores"]}
+            results[name]["retained_hit_rate"] = retained_hit_rate(fast["preds"], slow["preds"], labels, wheels)
+    for name in results:
+        for mode in modes:
+            results[name][mode].pop("preds")
+    return results
+
+
+def confidence_diagnostics(model, tokenizer, samples, pairs, mode, task, wheels, autocast):
+    """Fig. 3c/3d: mean conf on ground-truth categories (Eq. 1) and mean margin (Eq. 2), over the
+    samples whose answer is parseable, averaged over the wheels."""
+    import mer
+    tables = {(k, sp): mer.category_first_tokens(wheels, k, tokenizer, sp)
+              for k in range(len(wheels.level1)) for sp in (False, True)}
+    found = word_logprobs(model, tokenizer, pairs, mode, BATCH_SIZE, autocast)
+    conf_gt, margin = [], []
+    for s, f in zip(samples, found):
+        if f is None:
+            continue
+        words, lp = f
+        gt_words = wheel.split_words(s.get("basic") or s["openset"] if task == "basic" else s["openset"])
+        per_wheel = [answer_confidences(lp, [tables[(k, sp)] for _, _, sp in words], wheel.map_words(gt_words, wheels, k))
+                     for k in range(len(wheels.level1))]
+        per_wheel = [p for p in per_wheel if p is not None]
+        if per_wheel:
+            conf_gt.append(sum(c for c, _ in per_wheel) / len(per_wheel))
+            margin.append(sum(m for _, m in per_wheel) / len(per_wheel))
+    return {"conf_gt": sum(conf_gt) / len(conf_gt) if conf_gt else None,
+            "margin": sum(margin) / len(margin) if margin else None, "n_confidence": len(conf_gt)}
+
+
+def plot(results, splits, out_dir, grpo_log):
+    """Fig. 3-style diagnostics and Fig. 7-style training dynamics as PNG, when matplotlib exists."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(pip install matplotlib for diagnostics.png and training.png)")
+        return
+    names = [split_name(s) for s in splits if task_of(s) != "sentiment" and "slow" in results[split_name(s)]
+             and "fast" in results[split_name(s)]]
+    if names:
+        fig, ax = plt.subplots(1, 4, figsize=(16, 3.5))
+        x = range(len(names))
+        for i, k in enumerate(("recall", "precision", "f1")):
+            ax[0].bar([j + 0.25 * i for j in x], [results[n]["delta_fast_minus_slow"].get(k, 0) for n in names],
+                      0.25, label=f"delta {k}")
+        ax[0].set_title("(a) fast - slow")
+        for col, (key, title) in enumerate((("avg_categories", "(b) categories per answer"),
+                                             ("conf_gt", "(c) conf on ground truth"), ("margin", "(d) margin")), 1):
+            for i, mode in enumerate(("fast", "slow")):
+                ax[col].bar([j + 0.4 * i for j in x], [results[n][mode].get(key) or 0 for n in names], 0.4, label=mode)
+            ax[col].set_title(title)
+        for a in ax:
+            a.set_xticks(list(x))
+            a.set_xticklabels(names, fontsize=8)
+            a.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "diagnostics.png"), dpi=100)
+    if grpo_log and os.path.isfile(grpo_log):
+        rows = [json.loads(l) for l in open(grpo_log) if '"event"' not in l]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for key in ("recall", "precision"):
+            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=f"R_{key[0].upper()}")
+        ax.set_xlabel("step")
+        ax.set_title("GRPO rewards")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "training.png"), dpi=100)
+
+
 if __name__ == "__main__":
     configure(globals())
     if PREDS or LABELS:
@@ -195,4 +533,40 @@ if __name__ == "__main__":
             raise SystemExit("score-only mode needs both --preds=PRED.csv and --labels=LABELS.csv")
         print(json.dumps(score_files(PREDS, LABELS, TASK, WHEELS)))
     else:
-        raise SystemExit("usage: python evaluate.py --preds=PRED.csv --labels=LABELS.csv --task=fine|basic|sentiment")
+        import torch
+        import mer
+        if THREADS:
+            torch.set_num_threads(THREADS)
+        ckpt = CKPT or default_ckpt()
+        bf16 = PRECISION == "bf16" or (PRECISION == "auto" and (torch.cuda.is_available() or mer.cpu_supports_bf16()))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+        print(f"evaluating {ckpt} ({'bf16 autocast' if bf16 else 'fp32'}, {device})")
+        model, tokenizer = mer.load_model(ckpt)
+        model.to(device).eval()
+        judge = None
+        if JUDGE:
+            judge_model, judge_tok = mer.load_model(JUDGE)
+            judge = (judge_model.to(device).eval(), judge_tok)
+        splits = [s for s in SPLITS.split(",") if s]
+        modes = [m for m in MODES.split(",") if m]
+        bad = [m for m in modes if m not in mer.PREFIX]
+        if bad:
+            raise SystemExit(f"--modes: {bad[0]!r} is not fast or slow")
+        t0 = time.time()
+        results = evaluate(model, tokenizer, splits, modes, wheel.load_wheels(WHEELS or None), OUT_DIR, autocast, judge)
+        summary = {"ckpt": ckpt, "wheels": WHEELS or "ours", "sentiment": JUDGE or "wheel mapping",
+                   "seconds": round(time.time() - t0, 1), "results": results}
+        with open(os.path.join(OUT_DIR, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        print(table(results, splits, modes))
+        for name, r in results.items():
+            for mode in modes:
+                d = r[mode]
+                conf = "" if d.get("conf_gt") is None else f", conf_gt {d['conf_gt']:.2f}, margin {d['margin']:.2f}"
+                print(f"{name} {mode}: format {d['format']:.1f}%, categories/answer {d['avg_categories']:.2f}{conf}")
+            if "delta_fast_minus_slow" in r:
+                deltas = ", ".join(f"{k} {v:+.2f}" for k, v in r["delta_fast_minus_slow"].items())
+                print(f"{name} fast - slow: {deltas}; retained hit-rate {r['retained_hit_rate']:.1f}%")
+        plot(results, splits, OUT_DIR, GRPO_LOG)
+        print(f"wrote {OUT_DIR}/summary.json and the prediction CSVs ({summary['seconds']} s)")

@@ -259,17 +259,20 @@ def prompt_text(sample, tokenizer, mode="slow"):
     return text + PREFIX[mode]
 
 
-def sft_target(sample):
-    """The SFT completion after the slow prefix: `{reason}</think><answer>{openset}</answer>`."""
+def sft_target(sample, mode="slow"):
+    """The SFT completion after the forced prefix: `{reason}</think><answer>{openset}</answer>` in
+    slow mode, `{openset}</answer>` in fast mode (whose prefix already holds the empty think)."""
+    if mode == "fast":
+        return f"{sample['openset']}</answer>"
     return f"{sample['reason']}</think><answer>{sample['openset']}</answer>"
 
 
-def encode_sft(sample, tokenizer, max_len=512):
-    """input_ids and labels for SFT: the prompt (with the forced `<think>`) carries label -100;
-    the completion and the end-of-turn token carry their ids. Tokenised in two parts so the
+def encode_sft(sample, tokenizer, max_len=512, mode="slow"):
+    """input_ids and labels for SFT: the prompt (with the forced prefix of `mode`) carries label
+    -100; the completion and the end-of-turn token carry their ids. Tokenised in two parts so the
     prompt ids are exactly those that generation starts from."""
-    prompt = tokenizer(prompt_text(sample, tokenizer, "slow"), add_special_tokens=False)["input_ids"]
-    target = tokenizer(sft_target(sample), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    prompt = tokenizer(prompt_text(sample, tokenizer, mode), add_special_tokens=False)["input_ids"]
+    target = tokenizer(sft_target(sample, mode), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = (prompt + target)[:max_len]
     labels = ([-100] * len(prompt) + target)[:max_len]
     return ids, labels
@@ -399,6 +402,14 @@ def select(samples, skip=0, take=0, seed=0):
 # ---------------------------------------------------------------------------------------
 # Training plumbing shared by train_sft.py and train_grpo.py
 
+def left_pad(rows, pad, device="cpu"):
+    """Left-padded ids and attention mask from a list of id lists (generation needs left padding)."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    return ids, mask
+
+
 def lr_at(step, lr, warmup, total, min_ratio=0.1):
     """Linear warmup for `warmup` steps, then cosine decay to min_ratio * lr at `total`."""
     import math
@@ -444,7 +455,7 @@ def set_rng_state(state):
 # ---------------------------------------------------------------------------------------
 # Answer words in token space (for the teacher-forced confidences of Eq. 1, 8, 9)
 
-def answer_word_positions(ids, tokenizer):
+def answer_word_positions(ids, tokenizer, prefix=""):
     """Locate the answer of a completion in token space.
 
     `ids` are the completion's token ids (after the forced prefix). Returns (answer_start, words):
@@ -452,11 +463,12 @@ def answer_word_positions(ids, tokenizer):
     the answer words as `wheel.parse_answer` gives them, each with the index of its first token
     (the token holding its first letter) and whether that token starts before the letter (a
     space-prefixed token such as "Ġsad"). None when there is no complete answer block or
-    no token boundary right after `<answer>` (the fast sequence could not reuse the same ids)."""
+    no token boundary right after `<answer>` (the fast sequence could not reuse the same ids).
+    `prefix` is forced text before the ids (e.g. "<think></think><answer>" in fast mode)."""
     import bisect
     import re
-    starts = [len(tokenizer.decode(ids[:j], skip_special_tokens=True)) for j in range(len(ids) + 1)]
-    text = tokenizer.decode(ids, skip_special_tokens=True)
+    starts = [len(prefix) + len(tokenizer.decode(ids[:j], skip_special_tokens=True)) for j in range(len(ids) + 1)]
+    text = prefix + tokenizer.decode(ids, skip_special_tokens=True)
     found = list(wheel.ANSWER_RE.finditer(text))
     if not found:
         return None

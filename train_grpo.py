@@ -132,14 +132,6 @@ def batch_at(position):
     return out[rank::accelerator.num_processes]
 
 
-def left_pad(rows, pad):
-    """Left-padded ids and attention mask from a list of id lists."""
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-    return ids, mask
-
-
 def completion_logits(model, ids, mask, n_completion):
     """Logits predicting the last n_completion tokens of each row (LM head only there)."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens only
@@ -185,7 +177,7 @@ def calibration(batch, prompt_ids, completions, slow_logits):
     r_pos, r_neg = [0.0] * len(completions), [0.0] * len(completions)
     if not fast_rows:
         return r_pos, r_neg
-    ids, mask = left_pad(fast_rows, eos)
+    ids, mask = mer.left_pad(fast_rows, eos, device)
     # rows are left-padded, so the answers all end in the last column: keep logits from the earliest needed one
     keep = ids.shape[1] - min(ids.shape[1] - len(r) + min(p) for r, p in zip(fast_rows, fast_pos))
     with torch.no_grad(), autocast():
@@ -242,7 +234,7 @@ try:
             t0 = time.time()
             prompt_ids = [{m: tokenizer(mer.prompt_text(s, tokenizer, m), add_special_tokens=False)["input_ids"]
                            for m in ("slow", "fast")} for s in batch]
-            ids, mask = left_pad([p["slow"] for p in prompt_ids], eos)
+            ids, mask = mer.left_pad([p["slow"] for p in prompt_ids], eos, device)
             with torch.no_grad(), autocast():
                 seqs = accelerator.unwrap_model(policy).generate(
                     input_ids=ids, attention_mask=mask, do_sample=True, temperature=TEMPERATURE, top_p=TOP_P,

@@ -28,6 +28,7 @@ SKIP_SAMPLES = 0          # drop the first N of a fixed shuffle (GRPO: the sampl
 MAX_SAMPLES = 1000        # then keep N of them (0: all); GRPO skips these
 SKIP_MISSING_MEDIA = False
 MAX_LEN = 384             # tokens per sample (prompt + target)
+FAST_FRACTION = 0.2       # share of samples trained in fast mode (answer right after <think></think><answer>)
 # model
 MODEL = "smollm2"         # smollm2 | tiny | a from_pretrained name or folder
 # optimizer
@@ -61,7 +62,7 @@ samples = mer.load_samples(TRAIN, SKIP_MISSING_MEDIA)
 samples = mer.select(samples, SKIP_SAMPLES, MAX_SAMPLES)
 if not samples:
     raise SystemExit(f"{TRAIN}: no samples left after skip_samples={SKIP_SAMPLES}")
-missing = [s["name"] for s in samples if not s.get("reason")]
+missing = [s["name"] for s in samples if not s.get("reason") and FAST_FRACTION < 1]
 if missing:
     raise SystemExit(f"{TRAIN}: {len(missing)} samples have no 'reason' (the SFT target), e.g. {missing[0]!r}")
 per_step = BATCH_SIZE * GRAD_ACCUM * accelerator.num_processes
@@ -84,20 +85,21 @@ model, optimizer = accelerator.prepare(model, optimizer)
 
 
 def batch_at(position):
-    """The samples of one global batch starting at data position `position` (in samples); the
-    order is a fixed shuffle per epoch, so a resumed run sees the same batches."""
+    """(sample, mode) pairs of one global batch starting at data position `position` (in samples);
+    the order is a fixed shuffle per epoch and the mode a fixed draw per position, so a resumed
+    run sees the same batches."""
     out = []
     for p in range(position, position + per_step):
         epoch, i = divmod(p, len(samples))
         order = list(range(len(samples)))
         random.Random(SEED + epoch).shuffle(order)
-        out.append(samples[order[i]])
+        out.append((samples[order[i]], "fast" if random.Random(p).random() < FAST_FRACTION else "slow"))
     return out[accelerator.process_index::accelerator.num_processes]
 
 
 def collate(batch):
     """Right-padded input_ids / attention_mask / labels (-100 on the prompt and on padding)."""
-    encoded = [mer.encode_sft(s, tokenizer, MAX_LEN) for s in batch]
+    encoded = [mer.encode_sft(s, tokenizer, MAX_LEN, mode) for s, mode in batch]
     width = max(len(ids) for ids, _ in encoded)
     pad = tokenizer.pad_token_id
     ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in encoded])

@@ -11,5 +11,6 @@ GRAD_ACCUM = 1
 LR = 2e-5
 WARMUP_STEPS = 10
 MAX_LEN = 2048
+FAST_FRACTION = 0.0         # the paper fine-tunes on think-then-answer targets only
 PRECISION = "bf16"
 SAVE_EVERY = 50

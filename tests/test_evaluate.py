@@ -111,3 +111,181 @@ def test_score_only_command_on_official_wheels(tmp_path):
     # b is skipped in every wheel (neutral is unknown); a: "frustrated" -> sad in wheels 1, 2 and 4
     # (via "disappointed"), but mad in wheels 3 and 5: P = R = 3/5
     assert result == {"f1": 60.0, "precision": 60.0, "recall": 60.0, "n": 2}
+
+
+# ---------------------------------------------------------------------------------------
+# Diagnostics and the generation harness
+
+import math
+from types import SimpleNamespace
+
+import torch
+
+import mer
+
+
+def test_answer_confidences_hand_computed():
+    tables = [{"happy": [0, 1], "sad": [2], "angry": [3], "scared": [4], "bad": [5]}] * 2
+    p = torch.log(torch.tensor([[0.3, 0.2, 0.1, 0.1, 0.2, 0.1], [0.1, 0.1, 0.4, 0.2, 0.1, 0.1]]))
+    conf_gt, margin = E.answer_confidences(p, tables, {"happy"})
+    happy = (math.log(0.5) + math.log(0.2)) / 2
+    sad, angry, scared = (math.log(0.1) + math.log(0.4)) / 2, (math.log(0.1) + math.log(0.2)) / 2, \
+        (math.log(0.2) + math.log(0.1)) / 2   # bad = log 0.1 is not among the top-3 negatives
+    assert conf_gt == pytest.approx(happy)
+    assert margin == pytest.approx(happy - (sad + angry + scared) / 3)
+    assert E.answer_confidences(p, tables, set()) is None
+    assert E.answer_confidences(p[:0], tables, {"happy"}) is None
+
+
+def test_retained_hit_rate_and_average_categories():
+    labels = {"a": ["happy", "sad"], "b": ["angry"]}
+    fast = {"a": ["happy", "sad"], "b": ["angry"]}
+    slow = {"a": ["happy"], "b": []}
+    assert E.retained_hit_rate(fast, slow, labels, OURS) == pytest.approx(100 / 3)
+    assert E.retained_hit_rate(fast, fast, labels, OURS) == 100.0
+    assert E.average_categories({"a": ["happy", "glad", "sad"], "b": []}, ["a", "b"], OURS) == 1.0
+
+
+def test_parse_sentiment():
+    assert [E.parse_sentiment(t) for t in ("Positive.", "negative", "It is neutral", "unsure")] == [1, -1, 0, 0]
+
+
+class Oracle(torch.nn.Module):
+    """Stands in for a checkpoint: answers the label of the sample whose subtitle is in the prompt
+    (or `wrong` for the samples in `miss`), with a reasoning block in slow mode."""
+
+    def __init__(self, tok, answers, miss=(), wrong="angry"):
+        super().__init__()
+        self.tok, self.answers, self.miss, self.wrong = tok, answers, set(miss), wrong
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def generate(self, input_ids, attention_mask, **kw):
+        rows = []
+        for ids, mask in zip(input_ids, attention_mask):
+            prompt = ids[mask.bool()].tolist()
+            text = self.tok.decode(prompt)
+            subtitle = next(s for s in self.answers if f'"{s}"' in text)
+            answer = self.wrong if subtitle in self.miss else self.answers[subtitle]
+            completion = answer + "</answer>" if text.endswith("<answer>") else f"I see.</think><answer>{answer}</answer>"
+            rows.append(ids.tolist() + self.tok(completion, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id])
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [self.tok.eos_token_id] * (width - len(r)) for r in rows])
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0):
+        logits = torch.zeros(input_ids.shape[0], logits_to_keep or input_ids.shape[1], len(self.tok))
+        logits[..., :10] = torch.arange(10.0)   # a fixed, non-uniform distribution
+        return SimpleNamespace(logits=logits)
+
+
+def _splits(tmp_path):
+    fine = [{"name": f"f{i}", "subtitle": f"fine line {i}", "openset": o} for i, o in
+            enumerate(["happy, excited", "sad", "angry, disappointed", "worried", "surprised, happy", "calm"])]
+    basic = [{"name": f"b{i}", "subtitle": f"basic line {i}", "openset": o, "basic": o} for i, o in
+             enumerate(["happy", "sad", "neutral", "worried", "surprise", "angry"])]
+    senti = [{"name": f"s{i}", "subtitle": f"senti line {i}", "openset": o, "valence": v} for i, (o, v) in
+             enumerate([("happy", 1), ("sad", -1), ("angry", -1), ("relieved", 1), ("calm", 0)])]
+    paths = []
+    for name, rows in (("fine", fine), ("my_basic", basic), ("my_sentiment", senti)):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        paths.append(str(path))
+    answers = {r["subtitle"]: r["openset"] for r in fine + basic + senti}
+    return paths, answers
+
+
+def test_oracle_checkpoint_scores_100(tmp_path, monkeypatch):
+    paths, answers = _splits(tmp_path)
+    tok = mer.tiny_tokenizer()
+    monkeypatch.setattr(E, "BATCH_SIZE", 4)
+    results = E.evaluate(Oracle(tok, answers), tok, paths, ["fast", "slow"], OURS, str(tmp_path / "out"),
+                         contextlib_null)
+    for mode in ("fast", "slow"):
+        assert results["fine"][mode]["scores"]["f1"] == pytest.approx(100.0)
+        assert results["my_basic"][mode]["scores"]["hit"] == pytest.approx(100.0)
+        assert results["my_sentiment"][mode]["scores"]["waf"] == pytest.approx(100.0)
+        assert results["fine"][mode]["format"] == 100.0
+    assert results["fine"]["retained_hit_rate"] == 100.0
+    assert results["fine"]["delta_fast_minus_slow"] == {"f1": 0.0, "precision": 0.0, "recall": 0.0}
+    assert results["fine"]["slow"]["n_confidence"] == 6   # every answer parses and every label maps
+    assert math.isfinite(results["fine"]["slow"]["conf_gt"])
+
+
+def contextlib_null():
+    import contextlib
+    return contextlib.nullcontext()
+
+
+def test_harness_scores_equal_the_score_only_command(tmp_path, monkeypatch):
+    paths, answers = _splits(tmp_path)
+    tok = mer.tiny_tokenizer()
+    monkeypatch.setattr(E, "BATCH_SIZE", 4)
+    miss = {"fine line 1", "fine line 4", "basic line 0", "senti line 1"}
+    out = tmp_path / "out"
+    results = E.evaluate(Oracle(tok, answers, miss), tok, paths, ["fast", "slow"], OURS, str(out), contextlib_null)
+    fine = results["fine"]["slow"]["scores"]
+    assert 0 < fine["f1"] < 100
+    for name, task in (("fine", "fine"), ("my_basic", "basic"), ("my_sentiment", "sentiment")):
+        r = _run(f"--preds={out / f'preds_{name}_slow.csv'}", f"--labels={out / f'labels_{name}.csv'}", f"--task={task}")
+        cli = json.loads(r.stdout.strip().splitlines()[-1])
+        for key, value in cli.items():
+            assert value == pytest.approx(results[name]["slow"]["scores"][key], abs=1e-4), (name, key)
+    rows = list(csv.DictReader(open(out / "preds_fine_slow.csv")))
+    assert rows[1] == {"name": "f1", "openset": "angry", "mode": "slow",
+                       "text": "<think>I see.</think><answer>angry</answer>"}
+
+
+def test_harness_bad_inputs(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "notamodel").mkdir()
+    r = _run(f"--ckpt={tmp_path / 'notamodel'}")
+    assert r.returncode != 0 and "not a model folder" in r.stderr
+    r = _run("--ckpt=tiny", f"--splits={tmp_path / 'empty.jsonl'}", f"--out_dir={tmp_path / 'o'}")
+    assert r.returncode != 0 and "empty.jsonl: no samples" in r.stderr
+    r = _run("--ckpt=tiny", "--modes=medium", f"--out_dir={tmp_path / 'o'}")
+    assert r.returncode != 0 and "'medium' is not fast or slow" in r.stderr
+
+
+def test_harness_command_on_the_tiny_model(tmp_path):
+    r = _run("--ckpt=tiny", "--max_samples=4", "--max_new_tokens=8", "--fast_max_new_tokens=4",
+             f"--out_dir={tmp_path}", "--splits=test_fine,test_sentiment")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| fast |" in r.stdout and "| slow |" in r.stdout
+    summary = json.load(open(tmp_path / "summary.json"))
+    assert set(summary["results"]) == {"test_fine", "test_sentiment"}
+
+
+class NextTokenTeacher(torch.nn.Module):
+    """A forward pass that puts all probability on the token that really comes next: the log-prob of
+    a word's first token is ~0 exactly when it is read at the right position."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0):
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        logits[:, :-1].scatter_(-1, input_ids[:, 1:, None], 30.0)
+        return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
+
+
+@pytest.mark.parametrize("mode", ["fast", "slow"])
+def test_word_logprobs_read_at_the_first_token_of_each_word(mode):
+    tok = mer.tiny_tokenizer()
+    body = "angry, very sad;calm</answer>" if mode == "fast" else "Hm.</think><answer>angry, very sad;calm</answer>"
+    pairs = []
+    for subtitle in ("a", "a much longer subtitle to force left padding"):
+        prompt = tok(mer.prompt_text({"subtitle": subtitle}, tok, mode), add_special_tokens=False)["input_ids"]
+        pairs.append((prompt, tok(body, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]))
+    found = E.word_logprobs(NextTokenTeacher(len(tok)), tok, pairs, mode, 8, contextlib_null)
+    for (prompt, completion), (words, lp) in zip(pairs, found):
+        assert [w for w, _, _ in words] == ["angry", "very sad", "calm"]
+        for (word, j, _), row in zip(words, lp):
+            assert row[completion[j]].item() > -1e-6
+            assert tok.decode([completion[j]]).strip()[0].lower() == word[0]

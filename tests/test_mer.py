@@ -200,3 +200,10 @@ def test_smollm2_cache_equals_the_gguf_model():
     ids = tok("<|im_start|>user\nHow do you feel?<|im_end|>", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.equal(model(ids).logits, reference(ids).logits)
+
+
+def test_encode_sft_fast_mode():
+    ids, labels = mer.encode_sft(SAMPLE, TOK, mode="fast")
+    prompt = TOK(mer.prompt_text(SAMPLE, TOK, "fast"), add_special_tokens=False)["input_ids"]
+    assert labels[:len(prompt)] == [-100] * len(prompt)
+    assert TOK.decode(labels[len(prompt):-1]) == "happy, excited</answer>"

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 import mer
 from conftest import ROOT
 
-TINY = ["--model=tiny", "--max_samples=8", "--batch_size=4", "--grad_accum=2", "--lr=3e-3", "--warmup_steps=1",
+TINY = ["--model=tiny", "--max_samples=8", "--fast_fraction=0", "--batch_size=4", "--grad_accum=2", "--lr=3e-3", "--warmup_steps=1",
         "--precision=fp32", "--save_every=100"]
 
 
