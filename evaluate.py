@@ -283,51 +283,59 @@ def task_of(spec):
     return "sentiment" if "sentiment" in name else "basic" if "basic" in name else "fine"
 
 
-def generate(model, tokenizer, samples, mode, max_new_tokens, batch_size, autocast, desc=""):
-    """Greedy completions after the forced prefix of `mode`, batched by prompt length.
-    Returns [(prompt_ids, completion_ids)] in sample order (completion cut after the first EOS)."""
+def generate(model, tokenizer, samples, mode, max_new_tokens, batch_size, autocast, processor=None,
+             diagnostics=False, desc=""):
+    """Greedy completions after the forced prefix of `mode`, batched by prompt length. Returns, in
+    sample order, (prompt_ids, completion_ids, teacher) with the completion cut after the first EOS
+    and `teacher` the word_logprobs result (None without `diagnostics`)."""
     import torch
     from tqdm import tqdm
     import mer
     eos = tokenizer.eos_token_id
-    prompts = [tokenizer(mer.prompt_text(s, tokenizer, mode), add_special_tokens=False)["input_ids"] for s in samples]
-    order = sorted(range(len(samples)), key=lambda i: len(prompts[i]))
+    lengths = [len(mer.prompt_text(s, tokenizer, mode)) for s in samples]
+    order = sorted(range(len(samples)), key=lambda i: lengths[i])
     out = [None] * len(samples)
     for b in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
         idx = order[b:b + batch_size]
-        ids, mask = mer.left_pad([prompts[i] for i in idx], eos, model.device)
+        prompts, media = mer.encode_prompts([samples[i] for i in idx], tokenizer, mode, processor)
+        media = {k: v.to(model.device) for k, v in media.items()}
+        ids, mask = mer.left_pad(prompts, eos, model.device)
         with torch.no_grad(), autocast():
             # stop at the answer's end: a model that keeps talking after </answer> costs time, not score
-            seqs = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                                  pad_token_id=eos, eos_token_id=eos, stop_strings=["</answer>"], tokenizer=tokenizer)
+            seqs = model.generate(input_ids=ids, attention_mask=mask, **media, do_sample=False,
+                                  max_new_tokens=max_new_tokens, pad_token_id=eos, eos_token_id=eos,
+                                  stop_strings=["</answer>"], tokenizer=tokenizer)
         completion = seqs[:, ids.shape[1]:]
-        lengths = rewards.completion_mask(completion, eos).sum(1)
+        n = rewards.completion_mask(completion, eos).sum(1)
+        completions = [completion[row, :int(n[row])].tolist() for row in range(len(idx))]
+        teacher = (word_logprobs(model, tokenizer, prompts, completions, mode, media, autocast) if diagnostics
+                   else [None] * len(idx))
         for row, i in enumerate(idx):
-            out[i] = (prompts[i], completion[row, :int(lengths[row])].tolist())
+            out[i] = (prompts[row], completions[row], teacher[row])
     return out
 
 
-def word_logprobs(model, tokenizer, pairs, mode, batch_size, autocast):
-    """Teacher-forced pass over the model's own answers: for each (prompt, completion), the answer
-    words [(word, j, leading_space)] and the log-probs [n_words, vocab] at their first tokens."""
+def word_logprobs(model, tokenizer, prompts, completions, mode, media, autocast):
+    """Teacher-forced pass over the model's own answers (one batch, with its media): for each
+    completion, the answer words [(word, j, leading_space)] and the log-probs [n_words, vocab] at
+    their first tokens, or None when the answer does not parse."""
     import torch
     import mer
-    eos = tokenizer.eos_token_id
-    found = [mer.answer_word_positions(c, tokenizer, mer.PREFIX[mode]) for _, c in pairs]
-    out = [None] * len(pairs)
-    todo = [i for i, f in enumerate(found) if f and f[1]]
-    for b in range(0, len(todo), batch_size):
-        idx = todo[b:b + batch_size]
-        ids, mask = mer.left_pad([pairs[i][0] + pairs[i][1] for i in idx], eos, model.device)
-        keep = max(len(pairs[i][1]) for i in idx) + 1
-        with torch.no_grad(), autocast():
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                           logits_to_keep=keep).logits.float()
-        for row, i in enumerate(idx):
-            n = len(pairs[i][1])
-            # completion token j is predicted at kept column keep - n + j - 1
-            cols = [keep - n + j - 1 for _, j, _ in found[i][1]]
-            out[i] = (found[i][1], torch.log_softmax(logits[row, cols], -1))
+    found = [mer.answer_word_positions(c, tokenizer, mer.PREFIX[mode]) for c in completions]
+    if not any(f and f[1] for f in found):
+        return [None] * len(completions)
+    ids, mask = mer.left_pad([p + c for p, c in zip(prompts, completions)], tokenizer.eos_token_id, model.device)
+    keep = max(len(c) for c in completions) + 1
+    with torch.no_grad(), autocast():
+        logits = mer.forward_logits(model, ids, mask, media, keep).float()
+    out = []
+    for row, (f, c) in enumerate(zip(found, completions)):
+        if not (f and f[1]):
+            out.append(None)
+            continue
+        # completion token j is predicted at kept column keep - len(c) + j - 1
+        cols = [keep - len(c) + j - 1 for _, j, _ in f[1]]
+        out.append((f[1], torch.log_softmax(logits[row, cols], -1)))
     return out
 
 
@@ -406,7 +414,7 @@ def default_ckpt():
     return "smollm2"
 
 
-def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=None):
+def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=None, processor=None):
     """Run every split in every mode, write predictions, labels and summary.json; return the summary."""
     import mer
     os.makedirs(out_dir, exist_ok=True)
@@ -428,8 +436,10 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
         for mode in modes:
             t0 = time.time()
             limit = MAX_NEW_TOKENS if mode == "slow" else FAST_MAX_NEW_TOKENS
-            pairs = generate(model, tokenizer, samples, mode, limit, BATCH_SIZE, autocast, f"{name} {mode}")
-            texts = [mer.PREFIX[mode] + tokenizer.decode(c, skip_special_tokens=True) for _, c in pairs]
+            diagnose = DIAGNOSTICS and task != "sentiment"
+            outputs = generate(model, tokenizer, samples, mode, limit, BATCH_SIZE, autocast, processor, diagnose,
+                               f"{name} {mode}")
+            texts = [mer.PREFIX[mode] + tokenizer.decode(c, skip_special_tokens=True) for _, c, _ in outputs]
             opensets = [", ".join(wheel.parse_answer(t)) for t in texts]
             write_csv(os.path.join(out_dir, f"preds_{name}_{mode}.csv"), ["name", "openset", "mode", "text"],
                       [[s["name"], o, mode, t] for s, o, t in zip(samples, opensets, texts)])
@@ -445,8 +455,8 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
                                / len(samples) * 100,
                      "avg_categories": average_categories(preds, [s["name"] for s in samples], wheels),
                      "seconds": round(time.time() - t0, 1), "preds": preds}
-            if DIAGNOSTICS and task != "sentiment":
-                entry.update(confidence_diagnostics(model, tokenizer, samples, pairs, mode, task, wheels, autocast))
+            if diagnose:
+                entry.update(confidence_diagnostics(tokenizer, samples, [t for _, _, t in outputs], task, wheels))
             results[name][mode] = entry
         if "fast" in modes and "slow" in modes and task != "sentiment":
             labels = {s["name"]: wheel.split_words(s.get("basic") or s["openset"] if task == "basic" else s["openset"])
@@ -462,18 +472,17 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
     return results
 
 
-def confidence_diagnostics(model, tokenizer, samples, pairs, mode, task, wheels, autocast):
+def confidence_diagnostics(tokenizer, samples, teacher, task, wheels):
     """Fig. 3c/3d: mean conf on ground-truth categories (Eq. 1) and mean margin (Eq. 2), over the
-    samples whose answer is parseable, averaged over the wheels."""
+    samples whose answer parses, averaged over the wheels (`teacher`: word_logprobs per sample)."""
     import mer
     tables = {(k, sp): mer.category_first_tokens(wheels, k, tokenizer, sp)
               for k in range(len(wheels.level1)) for sp in (False, True)}
-    found = word_logprobs(model, tokenizer, pairs, mode, BATCH_SIZE, autocast)
     conf_gt, margin = [], []
-    for s, f in zip(samples, found):
-        if f is None:
+    for s, found in zip(samples, teacher):
+        if found is None:
             continue
-        words, lp = f
+        words, lp = found
         gt_words = wheel.split_words(s.get("basic") or s["openset"] if task == "basic" else s["openset"])
         per_wheel = [answer_confidences(lp, [tables[(k, sp)] for _, _, sp in words], wheel.map_words(gt_words, wheels, k))
                      for k in range(len(wheels.level1))]
@@ -543,6 +552,7 @@ if __name__ == "__main__":
         autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
         print(f"evaluating {ckpt} ({'bf16 autocast' if bf16 else 'fp32'}, {device})")
         model, tokenizer = mer.load_model(ckpt)
+        processor = mer.load_processor(ckpt)
         model.to(device).eval()
         judge = None
         if JUDGE:
@@ -554,7 +564,8 @@ if __name__ == "__main__":
         if bad:
             raise SystemExit(f"--modes: {bad[0]!r} is not fast or slow")
         t0 = time.time()
-        results = evaluate(model, tokenizer, splits, modes, wheel.load_wheels(WHEELS or None), OUT_DIR, autocast, judge)
+        results = evaluate(model, tokenizer, splits, modes, wheel.load_wheels(WHEELS or None), OUT_DIR, autocast, judge,
+                           processor)
         summary = {"ckpt": ckpt, "wheels": WHEELS or "ours", "sentiment": JUDGE or "wheel mapping",
                    "seconds": round(time.time() - t0, 1), "results": results}
         with open(os.path.join(OUT_DIR, "summary.json"), "w") as f:

@@ -6,6 +6,7 @@ A sample has `name`, `subtitle`, `openset` (comma-separated emotion words) and, 
 """
 import ast
 import csv
+import functools
 import importlib.util
 import json
 import os
@@ -242,9 +243,10 @@ INSTRUCTION = ("Please recognize all possible emotional states of the character.
 PREFIX = {"slow": "<think>", "fast": "<think></think><answer>"}
 
 
-def build_chat(sample):
-    """The chat messages for a sample: text clues when present, then the subtitle and the task."""
-    clues = []
+def build_chat(sample, media_tokens=""):
+    """The chat messages for a sample: the media placeholders of a multimodal model (if any), the
+    text clues when present, then the subtitle and the task."""
+    clues = [media_tokens] if media_tokens else []
     if sample.get("video"):
         clues.append(f"Video clues: {sample['video']}")
     if sample.get("audio"):
@@ -253,9 +255,15 @@ def build_chat(sample):
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(clues) + "\n" + INSTRUCTION}]
 
 
-def prompt_text(sample, tokenizer, mode="slow"):
-    """The prompt string up to and including the forced assistant prefix of `mode` (slow | fast)."""
-    text = tokenizer.apply_chat_template(build_chat(sample), tokenize=False, add_generation_prompt=True)
+def prompt_text(sample, tokenizer, mode="slow", media=False):
+    """The prompt string up to and including the forced assistant prefix of `mode` (slow | fast).
+    With `media`, the user turn starts with the video and audio placeholders of Qwen2.5-Omni,
+    which its processor expands into one token per video patch group and audio frame."""
+    tokens = ""
+    if media:
+        tokens = (tokenizer.vision_bos_token + tokenizer.video_token + tokenizer.vision_eos_token
+                  + tokenizer.audio_bos_token + tokenizer.audio_token + tokenizer.audio_eos_token)
+    text = tokenizer.apply_chat_template(build_chat(sample, tokens), tokenize=False, add_generation_prompt=True)
     return text + PREFIX[mode]
 
 
@@ -267,15 +275,13 @@ def sft_target(sample, mode="slow"):
     return f"{sample['reason']}</think><answer>{sample['openset']}</answer>"
 
 
-def encode_sft(sample, tokenizer, max_len=512, mode="slow"):
-    """input_ids and labels for SFT: the prompt (with the forced prefix of `mode`) carries label
-    -100; the completion and the end-of-turn token carry their ids. Tokenised in two parts so the
-    prompt ids are exactly those that generation starts from."""
-    prompt = tokenizer(prompt_text(sample, tokenizer, mode), add_special_tokens=False)["input_ids"]
+def encode_sft(prompt_ids, sample, tokenizer, mode="slow", max_len=512):
+    """input_ids and labels for SFT from a prompt's ids (see encode_prompts): the prompt, with the
+    forced prefix of `mode`, carries label -100; the completion and the end-of-turn token carry
+    their ids. Over max_len only the completion is cut (media placeholders must stay whole)."""
     target = tokenizer(sft_target(sample, mode), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    ids = (prompt + target)[:max_len]
-    labels = ([-100] * len(prompt) + target)[:max_len]
-    return ids, labels
+    target = target[:max(1, max_len - len(prompt_ids))]
+    return list(prompt_ids) + target, [-100] * len(prompt_ids) + target
 
 
 # ---------------------------------------------------------------------------------------
@@ -340,9 +346,20 @@ def tiny_tokenizer():
     return AutoTokenizer.from_pretrained(path)
 
 
+def model_path(name):
+    """The folder (or hub id) behind a model name: smollm2 and tiny-omni are built in the cache."""
+    path = {"smollm2": smollm2_dir, "tiny-omni": tiny_omni_dir}.get(name, lambda: name)()
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise SystemExit(f"{path}: not a model folder (no config.json); pass a checkpoint written by "
+                         f"train_sft.py / train_grpo.py, a hub id, smollm2, tiny or tiny-omni")
+    return path
+
+
 def load_model(name="smollm2", dtype=torch.float32, seed=0):
-    """(model, tokenizer) for `smollm2`, `tiny` or any `from_pretrained` name or folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+    """(model, tokenizer) for `smollm2`, `tiny` (random Llama), `tiny-omni` (random Qwen2.5-Omni
+    Thinker) or any `from_pretrained` name or folder. A full Qwen2.5-Omni checkpoint gives its
+    Thinker only (the part MER-R1 trains)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
     if name == "tiny":
         tok = tiny_tokenizer()
         config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -351,15 +368,31 @@ def load_model(name="smollm2", dtype=torch.float32, seed=0):
                              bos_token_id=tok.bos_token_id)
         torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(config, dtype=dtype), tok
-    path = smollm2_dir() if name == "smollm2" else name
-    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
-        raise SystemExit(f"{path}: not a model folder (no config.json); pass a checkpoint written by "
-                         f"train_sft.py / train_grpo.py, a hub id, or smollm2")
+    path = model_path(name)
+    model_type = AutoConfig.from_pretrained(path).model_type
+    if model_type == "qwen2_5_omni_thinker":
+        from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+        model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    elif model_type == "qwen2_5_omni":
+        from transformers import Qwen2_5OmniForConditionalGeneration
+        model = Qwen2_5OmniForConditionalGeneration.from_pretrained(path, dtype=dtype, enable_audio_output=False).thinker
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
+
+
+def load_processor(name):
+    """The multimodal processor of a Qwen2.5-Omni model, or None for text-only models."""
+    if name == "tiny":
+        return None
+    from transformers import AutoConfig, AutoProcessor
+    path = model_path(name)
+    if not AutoConfig.from_pretrained(path).model_type.startswith("qwen2_5_omni"):
+        return None
+    return AutoProcessor.from_pretrained(path)
 
 
 def cpu_supports_bf16():
@@ -419,13 +452,14 @@ def lr_at(step, lr, warmup, total, min_ratio=0.1):
     return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def save_checkpoint(path, model, tokenizer, state):
-    """Write an HF-format checkpoint (`from_pretrained` loads it) plus `trainer_state.pt` (optimizer,
-    RNG, step, data position) atomically: into `path.tmp`, then renamed over `path`."""
+def save_checkpoint(path, model, tokenizer, state, processor=None):
+    """Write an HF-format checkpoint (`from_pretrained` loads it; with the processor of a
+    multimodal model) plus `trainer_state.pt` (optimizer, RNG, step, data position) atomically:
+    into `path.tmp`, then renamed over `path`."""
     tmp, old = path + ".tmp", path + ".old"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    (processor or tokenizer).save_pretrained(tmp)
     torch.save(state, os.path.join(tmp, "trainer_state.pt"))
     if os.path.isdir(path):
         shutil.rmtree(old, ignore_errors=True)
@@ -514,3 +548,171 @@ def category_first_tokens(wheels, k, tokenizer, leading_space):
         first = next(i for i, e in zip(ids, ends) if e > int(leading_space))
         out.setdefault(cat, set()).add(first)
     return {c: sorted(ids) for c, ids in out.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Multimodal inputs (Qwen2.5-Omni Thinker): media decoding and one sample -> inputs function
+
+VIDEO_FRAMES = 8              # frames sampled uniformly over each video (an even number: 2 frames per patch)
+VIDEO_SIZE = {"shortest_edge": 112 * 112, "longest_edge": 224 * 224}  # pixels per frame after resizing
+AUDIO_RATE = 16000            # Whisper features want 16 kHz mono
+AUDIO_SECONDS = 30            # longer audio is cut
+MODEL_INPUTS = ("pixel_values_videos", "video_grid_thw", "video_second_per_grid", "input_features",
+                "feature_attention_mask")
+
+
+@functools.lru_cache(maxsize=16)  # a GRPO batch repeats each sample G times
+def read_video(path, n_frames=VIDEO_FRAMES):
+    """n_frames RGB frames [n, H, W, 3] (uint8) sampled uniformly over a video, decoded with PyAV."""
+    import av
+    import numpy as np
+    if not os.path.isfile(path):
+        raise SystemExit(f"{path}: no such video file")
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise SystemExit(f"{path}: no video stream")
+            total = sum(1 for packet in container.demux(video=0) if packet.size)
+        if total == 0:
+            raise SystemExit(f"{path}: the video has no frames")
+        wanted = set(np.linspace(0, total - 1, n_frames).round().astype(int).tolist())
+        frames = {}
+        with av.open(path) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in wanted:
+                    frames[i] = frame.to_ndarray(format="rgb24")
+    except av.FFmpegError as e:
+        raise SystemExit(f"{path}: cannot decode the video ({e})")
+    if not frames:
+        raise SystemExit(f"{path}: no frame could be decoded")
+    order = sorted(frames)
+    picked = [frames[min(order, key=lambda j: abs(j - i))] for i in np.linspace(0, total - 1, n_frames).round()]
+    return np.stack(picked)
+
+
+@functools.lru_cache(maxsize=16)
+def read_audio(path, seconds=AUDIO_SECONDS):
+    """Mono float32 samples at 16 kHz (at most `seconds`), decoded and resampled with PyAV; a video
+    file gives its sound track."""
+    import av
+    import numpy as np
+    if not os.path.isfile(path):
+        raise SystemExit(f"{path}: no such audio file")
+    chunks = []
+    try:
+        with av.open(path) as container:
+            if not container.streams.audio:
+                raise SystemExit(f"{path}: no audio stream")
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
+            for frame in container.decode(audio=0):
+                chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    except av.FFmpegError as e:
+        raise SystemExit(f"{path}: cannot decode the audio ({e})")
+    wave = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    if wave.size == 0:
+        raise SystemExit(f"{path}: the audio is empty (zero length)")
+    return wave[:seconds * AUDIO_RATE].astype(np.float32)
+
+
+def has_media(samples):
+    return any(s.get("video_path") or s.get("audio_path") for s in samples)
+
+
+def encode_prompts(samples, tokenizer, modes, processor=None):
+    """Samples -> (prompt ids, media): one list of prompt token ids per sample (in its mode: one
+    mode for all, or one per sample) and the media tensors the model takes with them.
+
+    A text-only model (no processor) or samples without media get the clues as text and no media
+    ({}). With a Qwen2.5-Omni processor and samples with `video_path` (and `audio_path`, else the
+    video's sound track), the video frames and the 16 kHz audio go through the processor, which
+    puts one placeholder token per video patch group / audio frame into the ids."""
+    modes = [modes] * len(samples) if isinstance(modes, str) else list(modes)
+    if processor is None or not has_media(samples):
+        return [tokenizer(prompt_text(s, tokenizer, m), add_special_tokens=False)["input_ids"]
+                for s, m in zip(samples, modes)], {}
+    missing = [s["name"] for s in samples if not s.get("video_path")]
+    if missing:
+        raise SystemExit(f"sample {missing[0]!r} has no video_path: a batch is all multimodal or all text")
+    batch = processor(text=[prompt_text(s, tokenizer, m, media=True) for s, m in zip(samples, modes)],
+                      videos=[read_video(s["video_path"]) for s in samples],
+                      audio=[read_audio(s.get("audio_path") or s["video_path"]) for s in samples],
+                      videos_kwargs={"size": VIDEO_SIZE, "do_sample_frames": False},
+                      padding=True, return_tensors="pt")
+    ids = [row[mask.bool()].tolist() for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    return ids, {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+
+
+def is_omni(model):
+    model = getattr(model, "module", model)  # under DDP the model is wrapped
+    return getattr(model.config, "model_type", "").startswith("qwen2_5_omni")
+
+
+def forward_logits(model, ids, mask, media=None, keep=0):
+    """Logits of the last `keep` positions (all when 0). A text model gets position ids that skip
+    the left padding and computes its LM head only there; Qwen2.5-Omni derives its 3-D rope
+    positions from the mask and the media grids itself."""
+    if is_omni(model):
+        logits = model(input_ids=ids, attention_mask=mask, **(media or {})).logits
+        return logits[:, -keep:] if keep else logits
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+
+
+QWEN_OMNI_TOKENS = {"image_token": "<|IMAGE|>", "video_token": "<|VIDEO|>", "audio_token": "<|AUDIO|>",
+                    "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+                    "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
+
+
+def tiny_omni_dir():
+    """A tiny randomly initialised Qwen2.5-Omni Thinker (text hidden 64, 2 layers; vision depth 2,
+    hidden 32; audio 2 layers, d_model 64) with its tokenizer and processor, built offline and
+    saved once in the cache: a byte-level BPE trained on the bundled data with the Qwen tokens."""
+    out = os.path.join(CACHE_DIR, "tiny-omni")
+    if os.path.isfile(os.path.join(out, "config.json")):
+        return out
+    import tempfile
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (Qwen2_5OmniProcessor, Qwen2_5OmniThinkerConfig,
+                              Qwen2_5OmniThinkerForConditionalGeneration, Qwen2Tokenizer, Qwen2VLImageProcessor,
+                              Qwen2VLVideoProcessor, WhisperFeatureExtractor)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *QWEN_OMNI_TOKENS.values()]
+    texts = [SYSTEM, INSTRUCTION, "<think></think><answer></answer>"]
+    for s in read_jsonl(os.path.join(DATA_DIR, "test_fine.jsonl")):
+        texts += [s["subtitle"], s["reason"], s["openset"]]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1024, special_tokens=specials, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    with tempfile.TemporaryDirectory() as tmp:
+        bpe.model.save(tmp)
+        vocab = json.load(open(os.path.join(tmp, "vocab.json")))
+        merges = [tuple(line.rstrip("\n").split(" ")) for line in open(os.path.join(tmp, "merges.txt"))
+                  if not line.startswith("#version")]
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                         unk_token=None, chat_template=CHAT_TEMPLATE, **QWEN_OMNI_TOKENS)
+    ids = {k: tok.convert_tokens_to_ids(v) for k, v in QWEN_OMNI_TOKENS.items()}
+    config = Qwen2_5OmniThinkerConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         # mrope_section must sum to head_dim / 2 = 8
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           fullatt_block_indexes=[1]),
+        audio_config=dict(encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=128, d_model=64,
+                          output_dim=64, num_mel_bins=128),
+        audio_token_index=ids["audio_token"], image_token_index=ids["image_token"], video_token_index=ids["video_token"],
+        audio_start_token_id=ids["audio_bos_token"], audio_end_token_id=ids["audio_eos_token"],
+        # read by the rope-index code but not a declared field: set it explicitly
+        vision_start_token_id=ids["vision_bos_token"], vision_end_token_id=ids["vision_eos_token"])
+    torch.manual_seed(0)
+    model = Qwen2_5OmniThinkerForConditionalGeneration(config)
+    processor = Qwen2_5OmniProcessor(Qwen2VLImageProcessor(), Qwen2VLVideoProcessor(),
+                                     WhisperFeatureExtractor(feature_size=128), tok, chat_template=CHAT_TEMPLATE)
+    tmp = out + f".tmp{os.getpid()}"
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out

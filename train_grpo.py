@@ -40,7 +40,7 @@ SKIP_MISSING_MEDIA = False
 WHEELS = ""               # wheels for the rewards: ours (empty) or a folder of official files
 REWARD_WHEELS = "1,2,3,4,5"  # which wheels the rewards average over
 # model
-INIT = "out/sft/last"     # the policy to start from (and the reference): a checkpoint, smollm2 or tiny
+INIT = "out/sft/last"     # the policy to start from (and the reference): a checkpoint, smollm2, tiny, tiny-omni
 # GRPO
 VARIANT = "mer_r1"        # baseline | rd | rd_ad | mer_r1 | a1 | a2 | b1 | b2 (Tables 4-5)
 G = 4                     # completions per prompt (the paper's K)
@@ -102,6 +102,7 @@ ckpt = mer.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME else None
 if INIT == "out/sft/last" and not os.path.isdir(INIT) and not ckpt:
     raise SystemExit(f"--init={INIT}: no such checkpoint; run `python train_sft.py` first, or pass --init=smollm2")
 policy, tokenizer = mer.load_model(ckpt or INIT)
+processor = mer.load_processor(ckpt or INIT)  # None for text-only models
 ref = mer.load_model(INIT)[0].to(device).eval().requires_grad_(False) if BETA else None
 optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
 step = 0
@@ -132,12 +133,10 @@ def batch_at(position):
     return out[rank::accelerator.num_processes]
 
 
-def completion_logits(model, ids, mask, n_completion):
+def completion_logits(model, ids, mask, media, n_completion):
     """Logits predicting the last n_completion tokens of each row (LM head only there)."""
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens only
     with autocast():
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                       logits_to_keep=n_completion + 1).logits
+        logits = mer.forward_logits(model, ids, mask, media, keep=n_completion + 1)
     return logits[:, :-1].float()
 
 
@@ -146,11 +145,10 @@ def token_logprobs(logits, tokens):
     return torch.log_softmax(logits / TEMPERATURE, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def group_rewards(batch, texts):
-    """Step 2: format, R_R, R_P, R_F of each completion; rows are [prompt][completion]."""
+def group_rewards(rows, texts):
+    """Step 2: format, R_R, R_P, R_F of each completion (rows[i] is the sample of completion i)."""
     r = {"format": [], "recall": [], "precision": [], "f1": []}
-    for i, text in enumerate(texts):
-        sample = batch[i // G]
+    for sample, text in zip(rows, texts):
         words = wheel.parse_answer(text)
         gt = [wheel.map_words(wheel.split_words(sample["openset"]), wheels, k) for k in reward_wheels]
         pred = [wheel.map_words(words, wheels, k) for k in reward_wheels]
@@ -162,46 +160,40 @@ def group_rewards(batch, texts):
     return r
 
 
-def calibration(batch, prompt_ids, completions, slow_logits):
+def calibration(rows, fast_prompts, media, completions, slow_logits):
     """Step 4 (Eq. 8-11): R+ and R- of each completion, from the slow sequence (the sample itself,
     whose logits the policy pass already computed) and a teacher-forced fast sequence that puts the
-    SAME answer token ids after `<think></think><answer>`. No gradient: these are rewards."""
-    fast_rows, fast_pos, located = [], [], []
-    for i, ids in enumerate(completions):
-        built = mer.fast_sequence(prompt_ids[i // G]["fast"], ids, tokenizer)
-        located.append(built and built[1])
-        if built:
-            fast_rows.append(built[0])
-            # the distribution that predicts word e's first token sits one position before it
-            fast_pos.append([fast_j - 1 for _, _, fast_j, _ in built[1]])
+    SAME answer token ids after `<think></think><answer>`, with the same media. No gradient:
+    these are rewards. A completion without a usable answer gets R+ = R- = 0."""
+    built = [mer.fast_sequence(p, c, tokenizer) for p, c in zip(fast_prompts, completions)]
     r_pos, r_neg = [0.0] * len(completions), [0.0] * len(completions)
-    if not fast_rows:
+    if not any(built):
         return r_pos, r_neg
+    # every row goes through the fast pass (a prompt alone when there is no answer) so that the
+    # rows stay aligned with the media tensors
+    fast_rows = [b[0] if b else p for b, p in zip(built, fast_prompts)]
     ids, mask = mer.left_pad(fast_rows, eos, device)
     # rows are left-padded, so the answers all end in the last column: keep logits from the earliest needed one
-    keep = ids.shape[1] - min(ids.shape[1] - len(r) + min(p) for r, p in zip(fast_rows, fast_pos))
+    keep = max(len(b[0]) - b[1][0][2] + 1 for b in built if b)
     with torch.no_grad(), autocast():
-        fast_logits = accelerator.unwrap_model(policy)(input_ids=ids, attention_mask=mask, logits_to_keep=keep,
-                                                       position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits.float()
-    offset = ids.shape[1] - keep  # column of fast_logits[:, 0] in the padded rows
-    row = 0
-    for i, words in enumerate(located):
-        if words is None:
+        fast_logits = mer.forward_logits(accelerator.unwrap_model(policy), ids, mask, media, keep).float()
+    for i, b in enumerate(built):
+        if not b:
             continue
-        pad = ids.shape[1] - len(fast_rows[row])
-        fast_lp = torch.log_softmax(fast_logits[row, [pad + p - offset for p in fast_pos[row]]], -1)
+        fast_ids, words = b
+        # the distribution that predicts a token sits one position before it
+        fast_lp = torch.log_softmax(fast_logits[i, [keep - len(fast_ids) + fast_j - 1 for _, _, fast_j, _ in words]], -1)
         # slow_logits[i, j] is the policy's distribution for completion token j (same sequence, Eq. 8)
         slow_lp = torch.log_softmax(slow_logits[i, [j for _, j, _, _ in words]].detach(), -1)
-        sample, per_wheel = batch[i // G], []
+        per_wheel = []
         for k in reward_wheels:
-            gt = wheel.map_words(wheel.split_words(sample["openset"]), wheels, k)
+            gt = wheel.map_words(wheel.split_words(rows[i]["openset"]), wheels, k)
             cats = [wheel.G_w(w, wheels, k) for w, _, _, _ in words]
             tables = [first_tokens[(k, int(space))] for _, _, _, space in words]
             gaps = rewards.word_gaps(slow_lp, fast_lp, [completions[i][j] for _, j, _, _ in words], cats, tables,
                                      word_level=VARIANT == "a1")
             per_wheel.append(rewards.calibration_rewards(gaps, cats, gt))
         r_pos[i], r_neg[i] = rewards.wheel_calibration_rewards(per_wheel)
-        row += 1
     return r_pos, r_neg
 
 
@@ -210,7 +202,8 @@ def save():
     if master:
         mer.save_checkpoint(os.path.join(OUT_DIR, "last"), accelerator.unwrap_model(policy), tokenizer,
                             {"optimizer": optimizer.state_dict(), "rng": states, "step": step,
-                             "position": step * per_step, "config": {k: v for k, v in globals().items() if k.isupper()}})
+                             "position": step * per_step, "config": {k: v for k, v in globals().items() if k.isupper()}},
+                            processor)
     accelerator.wait_for_everyone()
 
 
@@ -232,22 +225,24 @@ try:
             batch = batch_all[micro * PROMPTS:(micro + 1) * PROMPTS]
             # 1. sample G completions per prompt, slow mode
             t0 = time.time()
-            prompt_ids = [{m: tokenizer(mer.prompt_text(s, tokenizer, m), add_special_tokens=False)["input_ids"]
-                           for m in ("slow", "fast")} for s in batch]
-            ids, mask = mer.left_pad([p["slow"] for p in prompt_ids], eos, device)
+            rows = [s for s in batch for _ in range(G)]  # row i is completion i % G of prompt i // G
+            slow_ids, media = mer.encode_prompts(rows, tokenizer, "slow", processor)
+            fast_ids, _ = mer.encode_prompts(rows, tokenizer, "fast", processor)  # same media, other prefix
+            media = {k: v.to(device) for k, v in media.items()}
+            ids, mask = mer.left_pad(slow_ids, eos, device)
             with torch.no_grad(), autocast():
                 seqs = accelerator.unwrap_model(policy).generate(
-                    input_ids=ids, attention_mask=mask, do_sample=True, temperature=TEMPERATURE, top_p=TOP_P,
-                    max_new_tokens=MAX_NEW_TOKENS, num_return_sequences=G, pad_token_id=eos, eos_token_id=eos)
+                    input_ids=ids, attention_mask=mask, **media, do_sample=True, temperature=TEMPERATURE,
+                    top_p=TOP_P, max_new_tokens=MAX_NEW_TOKENS, pad_token_id=eos, eos_token_id=eos)
             completion = seqs[:, ids.shape[1]:]
             c_mask = rewards.completion_mask(completion, eos)
-            seq_mask = torch.cat([mask.repeat_interleave(G, 0), c_mask], 1)
+            seq_mask = torch.cat([mask, c_mask], 1)
             completions = [row[:int(n)].tolist() for row, n in zip(completion, c_mask.sum(1))]
             texts = [mer.PREFIX["slow"] + tokenizer.decode(c, skip_special_tokens=True) for c in completions]
             timing["generate_s"] += time.time() - t0
 
             # 2. rewards
-            r = group_rewards(batch, texts)
+            r = group_rewards(rows, texts)
 
             # accumulate(): no gradient sync and no optimizer step until the last micro-batch; the
             # policy forward must sit inside it too. Updates after the first (UPDATES_PER_BATCH > 1)
@@ -256,21 +251,21 @@ try:
                 with accelerator.accumulate(policy):
                     # 3. log-probs: policy (with grad), old (ratio 1 when each batch is used once), reference
                     t0 = time.time()
-                    logits = completion_logits(policy, seqs, seq_mask, completion.shape[1])
+                    logits = completion_logits(policy, seqs, seq_mask, media, completion.shape[1])
                     logp = token_logprobs(logits, completion)
                     if update == 0:
                         old_logp = logp.detach()
                         ref_logp = None
                         if ref is not None:
                             with torch.no_grad():
-                                ref_logits = completion_logits(ref, seqs, seq_mask, completion.shape[1])
+                                ref_logits = completion_logits(ref, seqs, seq_mask, media, completion.shape[1])
                                 ref_logp = token_logprobs(ref_logits, completion)
                         timing["fwd_bwd_s"] += time.time() - t0
 
                         # 4. teacher-forced fast pass -> R+ and R- (Eq. 8-11)
                         t0 = time.time()
                         zeros = [0.0] * len(texts)
-                        r["cali_pos"], r["cali_neg"] = (calibration(batch, prompt_ids, completions, logits)
+                        r["cali_pos"], r["cali_neg"] = (calibration(rows, fast_ids, media, completions, logits)
                                                         if calibrate else (zeros, zeros))
                         timing["fast_s"] += time.time() - t0
                         t0 = time.time()

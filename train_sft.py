@@ -30,7 +30,7 @@ SKIP_MISSING_MEDIA = False
 MAX_LEN = 384             # tokens per sample (prompt + target)
 FAST_FRACTION = 0.2       # share of samples trained in fast mode (answer right after <think></think><answer>)
 # model
-MODEL = "smollm2"         # smollm2 | tiny | a from_pretrained name or folder
+MODEL = "smollm2"         # smollm2 | tiny | tiny-omni | a from_pretrained name or folder (Qwen/Qwen2.5-Omni-7B)
 # optimizer
 EPOCHS = 1
 MAX_STEPS = 56            # optimizer steps (0: EPOCHS over the data)
@@ -70,6 +70,7 @@ total_steps = MAX_STEPS or EPOCHS * len(samples) // per_step
 
 ckpt = mer.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME else None
 model, tokenizer = mer.load_model(ckpt or MODEL)
+processor = mer.load_processor(ckpt or MODEL)  # None for text-only models
 optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
 step = 0
 if ckpt:
@@ -98,21 +99,24 @@ def batch_at(position):
 
 
 def collate(batch):
-    """Right-padded input_ids / attention_mask / labels (-100 on the prompt and on padding)."""
-    encoded = [mer.encode_sft(s, tokenizer, MAX_LEN, mode) for s, mode in batch]
+    """Right-padded input_ids / attention_mask / labels (-100 on the prompt and on padding), and
+    the media tensors of a multimodal model ({} for text)."""
+    prompts, media = mer.encode_prompts([s for s, _ in batch], tokenizer, [m for _, m in batch], processor)
+    encoded = [mer.encode_sft(p, s, tokenizer, mode, MAX_LEN) for p, (s, mode) in zip(prompts, batch)]
     width = max(len(ids) for ids, _ in encoded)
     pad = tokenizer.pad_token_id
     ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in encoded])
     mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in encoded])
     labels = torch.tensor([l + [-100] * (width - len(l)) for _, l in encoded])
-    return ids.to(device), mask.to(device), labels.to(device)
+    return ids.to(device), mask.to(device), labels.to(device), {k: v.to(device) for k, v in media.items()}
 
 
 def save():
     if master:
         mer.save_checkpoint(os.path.join(OUT_DIR, "last"), accelerator.unwrap_model(model), tokenizer,
                             {"optimizer": optimizer.state_dict(), "rng": mer.rng_state(), "step": step,
-                             "position": step * per_step, "config": {k: v for k, v in globals().items() if k.isupper()}})
+                             "position": step * per_step, "config": {k: v for k, v in globals().items() if k.isupper()}},
+                            processor)
     accelerator.wait_for_everyone()
 
 
@@ -130,11 +134,11 @@ try:
         batch = batch_at(step * per_step)
         loss_sum, n_tokens = 0.0, 0
         for micro in range(GRAD_ACCUM):
-            ids, mask, labels = collate(batch[micro * BATCH_SIZE:(micro + 1) * BATCH_SIZE])
+            ids, mask, labels, media = collate(batch[micro * BATCH_SIZE:(micro + 1) * BATCH_SIZE])
             # accumulate(): no gradient sync and no optimizer step until the last micro-batch
             with accelerator.accumulate(model):
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                    loss = model(input_ids=ids, attention_mask=mask, labels=labels, **media).loss
                 accelerator.backward(loss)  # divides by GRAD_ACCUM
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), GRAD_CLIP)

@@ -153,6 +153,7 @@ def test_parse_sentiment():
 class Oracle(torch.nn.Module):
     """Stands in for a checkpoint: answers the label of the sample whose subtitle is in the prompt
     (or `wrong` for the samples in `miss`), with a reasoning block in slow mode."""
+    config = SimpleNamespace(model_type="oracle")
 
     def __init__(self, tok, answers, miss=(), wrong="angry"):
         super().__init__()
@@ -260,6 +261,7 @@ def test_harness_command_on_the_tiny_model(tmp_path):
 class NextTokenTeacher(torch.nn.Module):
     """A forward pass that puts all probability on the token that really comes next: the log-prob of
     a word's first token is ~0 exactly when it is read at the right position."""
+    config = SimpleNamespace(model_type="teacher")
 
     def __init__(self, vocab):
         super().__init__()
@@ -279,12 +281,15 @@ class NextTokenTeacher(torch.nn.Module):
 def test_word_logprobs_read_at_the_first_token_of_each_word(mode):
     tok = mer.tiny_tokenizer()
     body = "angry, very sad;calm</answer>" if mode == "fast" else "Hm.</think><answer>angry, very sad;calm</answer>"
-    pairs = []
+    prompts, completions = [], []
     for subtitle in ("a", "a much longer subtitle to force left padding"):
-        prompt = tok(mer.prompt_text({"subtitle": subtitle}, tok, mode), add_special_tokens=False)["input_ids"]
-        pairs.append((prompt, tok(body, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]))
-    found = E.word_logprobs(NextTokenTeacher(len(tok)), tok, pairs, mode, 8, contextlib_null)
-    for (prompt, completion), (words, lp) in zip(pairs, found):
+        prompts.append(tok(mer.prompt_text({"subtitle": subtitle}, tok, mode), add_special_tokens=False)["input_ids"])
+        completions.append(tok(body, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+    prompts.append(prompts[0])
+    completions.append(tok("no answer", add_special_tokens=False)["input_ids"])
+    found = E.word_logprobs(NextTokenTeacher(len(tok)), tok, prompts, completions, mode, {}, contextlib_null)
+    assert found[2] is None
+    for completion, (words, lp) in zip(completions, found[:2]):
         assert [w for w, _, _ in words] == ["angry", "very sad", "calm"]
         for (word, j, _), row in zip(words, lp):
             assert row[completion[j]].item() > -1e-6

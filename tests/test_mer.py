@@ -24,16 +24,18 @@ def test_slow_and_fast_prompts_differ_only_in_the_prefix():
 
 
 def test_encode_sft_masks_the_prompt_only():
-    ids, labels = mer.encode_sft(SAMPLE, TOK)
     prompt = TOK(mer.prompt_text(SAMPLE, TOK, "slow"), add_special_tokens=False)["input_ids"]
+    assert mer.encode_prompts([SAMPLE], TOK, "slow") == ([prompt], {})
+    ids, labels = mer.encode_sft(prompt, SAMPLE, TOK)
     assert ids[:len(prompt)] == prompt
     assert labels[:len(prompt)] == [-100] * len(prompt)
     target = labels[len(prompt):]
     assert -100 not in target and target == ids[len(prompt):]
     assert target[-1] == TOK.eos_token_id
     assert TOK.decode(target[:-1]) == "She smiles and her voice is bright.</think><answer>happy, excited</answer>"
-    short_ids, short_labels = mer.encode_sft(SAMPLE, TOK, max_len=10)
-    assert len(short_ids) == len(short_labels) == 10
+    # over max_len only the completion is cut, never the prompt
+    short_ids, short_labels = mer.encode_sft(prompt, SAMPLE, TOK, max_len=len(prompt) + 3)
+    assert short_ids == ids[:len(prompt) + 3] and len(short_labels) == len(prompt) + 3
 
 
 def test_configure_overrides_and_errors(tmp_path):
@@ -203,7 +205,7 @@ def test_smollm2_cache_equals_the_gguf_model():
 
 
 def test_encode_sft_fast_mode():
-    ids, labels = mer.encode_sft(SAMPLE, TOK, mode="fast")
     prompt = TOK(mer.prompt_text(SAMPLE, TOK, "fast"), add_special_tokens=False)["input_ids"]
+    ids, labels = mer.encode_sft(prompt, SAMPLE, TOK, mode="fast")
     assert labels[:len(prompt)] == [-100] * len(prompt)
     assert TOK.decode(labels[len(prompt):-1]) == "happy, excited</answer>"
