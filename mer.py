@@ -637,7 +637,7 @@ def encode_prompts(samples, tokenizer, modes, processor=None):
     batch = processor(text=[prompt_text(s, tokenizer, m, media=True) for s, m in zip(samples, modes)],
                       videos=[read_video(s["video_path"]) for s in samples],
                       audio=[read_audio(s.get("audio_path") or s["video_path"]) for s in samples],
-                      videos_kwargs={"size": VIDEO_SIZE, "do_sample_frames": False},
+                      videos_kwargs={"size": VIDEO_SIZE, "do_sample_frames": False, "cap_pixels_per_frame": True},
                       padding=True, return_tensors="pt")
     ids = [row[mask.bool()].tolist() for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
     return ids, {k: v for k, v in batch.items() if k in MODEL_INPUTS}

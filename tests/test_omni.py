@@ -1,0 +1,168 @@
+"""The Qwen2.5-Omni Thinker path, offline: a tiny random Thinker, a video and an audio file
+written by the test, one SFT step and one GRPO step that move the vision and audio towers."""
+import json
+import os
+import subprocess
+import sys
+import wave
+
+import numpy as np
+import pytest
+import torch
+
+av = pytest.importorskip("av")
+pytest.importorskip("torchvision")
+
+import mer  # noqa: E402
+from conftest import ROOT  # noqa: E402
+
+FRAMES = 16
+
+
+def write_video(path, size=56, fps=8, audio=True):
+    """16 frames whose grey level is 15 x frame index, with a 2 s 440 Hz tone (mpeg4 + aac)."""
+    out = av.open(str(path), "w")
+    video = out.add_stream("mpeg4", rate=fps)
+    video.width = video.height = size
+    video.pix_fmt = "yuv420p"
+    sound = out.add_stream("aac", rate=16000) if audio else None
+    if sound:
+        sound.layout = "mono"
+    for i in range(FRAMES):
+        frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), 15 * i, np.uint8), format="rgb24")
+        for packet in video.encode(frame):
+            out.mux(packet)
+    for packet in video.encode():
+        out.mux(packet)
+    if sound:
+        t = np.arange(16000 * FRAMES // fps) / 16000
+        frame = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None],
+                                           format="flt", layout="mono")
+        frame.sample_rate = 16000
+        for packet in list(sound.encode(frame)) + list(sound.encode(None)):
+            out.mux(packet)
+    out.close()
+    return str(path)
+
+
+def write_wav(path, seconds=1.0, rate=8000):
+    t = np.arange(int(rate * seconds)) / rate
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((0.3 * np.sin(2 * np.pi * 220 * t) * 32767).astype(np.int16).tobytes())
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    return {"video": write_video(d / "clip.mp4"), "silent": write_video(d / "silent.mp4", audio=False),
+            "wav": write_wav(d / "voice.wav"), "dir": d}
+
+
+@pytest.fixture(scope="module")
+def omni_data(media):
+    rows = [{"name": f"m{i}", "subtitle": sub, "openset": label, "reason": "I see.", "video_path": media["video"],
+             **({"audio_path": media["wav"]} if i % 2 else {})}
+            for i, (label, sub) in enumerate([("happy", "We won!"), ("sad", "He never came back."),
+                                              ("angry", "You lied to me!"), ("happy, relieved", "It worked out.")])]
+    path = media["dir"] / "omni.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_read_video_samples_frames_uniformly(media):
+    frames = mer.read_video(media["video"])
+    assert frames.shape == (8, 56, 56, 3) and frames.dtype == np.uint8
+    # frames 0, 2, 4, 6, 9, 11, 13, 15 of 16 (mpeg4 is lossy: compare grey levels loosely)
+    expected = 15 * np.linspace(0, FRAMES - 1, 8).round()
+    assert np.abs(frames.reshape(8, -1).mean(1) - expected).max() < 6
+
+
+def test_read_audio_resamples_to_16k(media):
+    wave_8k = mer.read_audio(media["wav"])
+    assert wave_8k.dtype == np.float32 and abs(len(wave_8k) - 16000) <= 64
+    # a 220 Hz tone stays a 220 Hz tone at the new rate
+    spectrum = np.abs(np.fft.rfft(wave_8k[:16000]))
+    assert abs(np.argmax(spectrum) * 16000 / 16000 - 220) <= 1
+    from_video = mer.read_audio(media["video"])
+    assert abs(len(from_video) - 32000) < 2048   # 2 s of sound track (aac adds a little padding)
+
+
+@pytest.mark.parametrize("kind,content,message", [
+    ("missing", None, "no such video file"),
+    ("garbage", b"this is not a video", "cannot decode the video"),
+    ("empty", b"", "cannot decode the video"),
+])
+def test_bad_video_is_a_clear_error(tmp_path, kind, content, message):
+    path = tmp_path / f"{kind}.mp4"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(SystemExit, match=f"{path}: {message}"):
+        mer.read_video(str(path))
+
+
+def test_bad_audio_is_a_clear_error(tmp_path, media):
+    with pytest.raises(SystemExit, match="no such audio file"):
+        mer.read_audio(str(tmp_path / "none.wav"))
+    with pytest.raises(SystemExit, match="silent.mp4: no audio stream"):
+        mer.read_audio(media["silent"])
+    empty = tmp_path / "empty.wav"
+    write_wav(empty, seconds=0)
+    with pytest.raises(SystemExit, match="empty.wav: the audio is empty"):
+        mer.read_audio(str(empty))
+
+
+def test_one_function_turns_samples_into_inputs(media):
+    model, tok = mer.load_model("tiny-omni")
+    processor = mer.load_processor("tiny-omni")
+    assert type(model).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+    sample = {"name": "x", "subtitle": "We won!", "openset": "happy", "video_path": media["video"],
+              "audio_path": media["wav"]}
+    (slow, fast), inputs = mer.encode_prompts([sample, sample], tok, ["slow", "fast"], processor)
+    video_tokens = int(inputs["video_grid_thw"][0].prod()) // 4
+    assert slow.count(tok.convert_tokens_to_ids("<|VIDEO|>")) == video_tokens > 0
+    assert slow.count(tok.convert_tokens_to_ids("<|AUDIO|>")) > 0
+    assert set(inputs) == {"pixel_values_videos", "video_grid_thw", "video_second_per_grid", "input_features",
+                           "feature_attention_mask"}
+    # slow and fast share the prompt, media included, and differ only in the forced prefix
+    assert tok.decode(slow).endswith('"We won!"\n' + mer.INSTRUCTION + "<|im_end|>\n<|im_start|>assistant\n<think>")
+    common = len(slow) - len(tok("<think>", add_special_tokens=False)["input_ids"])
+    assert fast[:common] == slow[:common] and tok.decode(fast[common:]) == "<think></think><answer>"
+    ids, mask = mer.left_pad([slow, fast], tok.eos_token_id)
+    logits = mer.forward_logits(model, ids, mask, inputs, keep=3)
+    assert logits.shape == (2, 3, len(tok)) and torch.isfinite(logits).all()
+    # a text-only model gets the clues as text and no media
+    text_tok = mer.tiny_tokenizer()
+    (ids,), none = mer.encode_prompts([dict(sample, video="She smiles.")], text_tok, "slow", None)
+    assert none == {} and "Video clues: She smiles." in text_tok.decode(ids)
+
+
+def _tower_params(path):
+    from safetensors.torch import load_file
+    weights = load_file(os.path.join(path, "model.safetensors"))
+    return {k: v for k, v in weights.items() if k.startswith(("visual.", "audio_tower."))}
+
+
+def _run(script, *args):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_sft_and_grpo_steps_move_the_towers(omni_data, tmp_path):
+    base = _tower_params(mer.tiny_omni_dir())
+    _run("train_sft.py", "--model=tiny-omni", f"--train={omni_data}", "--max_samples=0", f"--out_dir={tmp_path / 'sft'}",
+         "--batch_size=4", "--max_steps=100", "--lr=3e-3", "--warmup_steps=2", "--precision=fp32", "--fast_fraction=0.25",
+         "--save_every=1000", "--threads=1")
+    sft = _tower_params(tmp_path / "sft" / "last")
+    assert sum(not torch.equal(base[k], sft[k]) for k in base) >= len(base) - 2
+    _run("train_grpo.py", f"--init={tmp_path / 'sft' / 'last'}", f"--train={omni_data}", "--skip_samples=0",
+         f"--out_dir={tmp_path / 'grpo'}", "--max_steps=1", "--max_new_tokens=24", "--precision=fp32", "--lr=1e-3",
+         "--threads=1")
+    rec = json.loads(open(tmp_path / "grpo" / "log.jsonl").readline())
+    assert rec["zero_var_groups"] < 1 and rec["fast_s"] > 0
+    grpo = _tower_params(tmp_path / "grpo" / "last")
+    assert sum(not torch.equal(sft[k], grpo[k]) for k in sft) >= len(sft) - 2
+    assert mer.load_processor(str(tmp_path / "grpo" / "last")) is not None
