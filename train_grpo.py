@@ -63,6 +63,7 @@ AGGREGATION = "sequence"  # sequence (mean over each completion, then over compl
 TEMPERATURE = 1.0
 TOP_P = 1.0
 MAX_NEW_TOKENS = 128
+MIN_NEW_TOKENS = 0        # EOS is suppressed until then (benchmarks set MIN = MAX for a fixed length)
 # system
 PRECISION = "auto"        # auto (bf16 autocast on GPUs and bf16-capable CPUs, else fp32) | bf16 | fp32
 THREADS = 0               # CPU threads (0: torch's default, one per physical core)
@@ -214,7 +215,7 @@ stop_at = min(total_steps, step + STOP_AFTER) if STOP_AFTER else total_steps
 bar = tqdm(total=total_steps, initial=step, desc=f"grpo {VARIANT}", disable=not master)
 try:
     while step < stop_at:
-        t_step = time.time()
+        t_step, cpu_step = time.time(), time.process_time()
         timing = {"generate_s": 0.0, "fwd_bwd_s": 0.0, "fast_s": 0.0}
         stats = []
         lr = mer.lr_at(step, LR, WARMUP_STEPS, total_steps, MIN_LR_RATIO) if WARMUP_STEPS else LR
@@ -233,7 +234,8 @@ try:
             with torch.no_grad(), autocast():
                 seqs = accelerator.unwrap_model(policy).generate(
                     input_ids=ids, attention_mask=mask, **media, do_sample=True, temperature=TEMPERATURE,
-                    top_p=TOP_P, max_new_tokens=MAX_NEW_TOKENS, pad_token_id=eos, eos_token_id=eos)
+                    top_p=TOP_P, max_new_tokens=MAX_NEW_TOKENS, min_new_tokens=MIN_NEW_TOKENS, pad_token_id=eos,
+                    eos_token_id=eos)
             completion = seqs[:, ids.shape[1]:]
             c_mask = rewards.completion_mask(completion, eos)
             seq_mask = torch.cat([mask, c_mask], 1)
@@ -289,7 +291,8 @@ try:
         rec = {k: accelerator.reduce(torch.tensor(v, device=device), "mean").item() for k, v in rec.items()}
         if master:
             rec = {"step": step, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm), **rec,
-                   **{k: round(v, 3) for k, v in timing.items()}, "step_s": round(time.time() - t_step, 3)}
+                   **{k: round(v, 3) for k, v in timing.items()}, "step_s": round(time.time() - t_step, 3),
+                   "cpu_s": round(time.process_time() - cpu_step, 3)}
             log.write(json.dumps(rec) + "\n")
             log.flush()
             bar.set_postfix(R=f"{rec['recall']:.2f}", P=f"{rec['precision']:.2f}", fmt=f"{rec['format']:.2f}",
