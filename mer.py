@@ -435,6 +435,22 @@ def select(samples, skip=0, take=0, seed=0):
 # ---------------------------------------------------------------------------------------
 # Training plumbing shared by train_sft.py and train_grpo.py
 
+def batch_at(samples, position, count, seed, rank=0, world=1):
+    """(position, sample) pairs for data positions position .. position + count - 1 of an endless
+    stream that visits the samples in a fixed shuffle per epoch; this process keeps every
+    world-th one from `rank`. It depends on (position, seed) only, so a resumed run sees the
+    same batches."""
+    import random
+    out, orders = [], {}
+    for p in range(position + rank, position + count, world):
+        epoch, i = divmod(p, len(samples))
+        if epoch not in orders:
+            orders[epoch] = list(range(len(samples)))
+            random.Random(seed + epoch).shuffle(orders[epoch])
+        out.append((p, samples[orders[epoch][i]]))
+    return out
+
+
 def left_pad(rows, pad, device="cpu"):
     """Left-padded ids and attention mask from a list of id lists (generation needs left padding)."""
     width = max(len(r) for r in rows)

@@ -17,7 +17,6 @@ One step, in order (each numbered block below is one of these):
 """
 import json
 import os
-import random
 import time
 
 import torch
@@ -123,17 +122,6 @@ tokenizer.padding_side = "left"
 first_tokens = {(k, sp): mer.category_first_tokens(wheels, k, tokenizer, sp) for k in reward_wheels for sp in (0, 1)}
 
 
-def batch_at(position):
-    """This process's prompts of the global batch at data position `position` (fixed shuffle per epoch)."""
-    out = []
-    for p in range(position, position + per_step):
-        epoch, i = divmod(p, len(samples))
-        order = list(range(len(samples)))
-        random.Random(SEED + epoch).shuffle(order)
-        out.append(samples[order[i]])
-    return out[rank::accelerator.num_processes]
-
-
 def completion_logits(model, ids, mask, media, n_completion):
     """Logits predicting the last n_completion tokens of each row (LM head only there)."""
     with autocast():
@@ -221,7 +209,8 @@ try:
         lr = mer.lr_at(step, LR, WARMUP_STEPS, total_steps, MIN_LR_RATIO) if WARMUP_STEPS else LR
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch_all = batch_at(step * per_step)
+        world = accelerator.num_processes
+        batch_all = [s for _, s in mer.batch_at(samples, step * per_step, per_step, SEED, rank, world)]
         for micro in range(GRAD_ACCUM):
             batch = batch_all[micro * PROMPTS:(micro + 1) * PROMPTS]
             # 1. sample G completions per prompt, slow mode

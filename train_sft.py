@@ -86,16 +86,11 @@ model, optimizer = accelerator.prepare(model, optimizer)
 
 
 def batch_at(position):
-    """(sample, mode) pairs of one global batch starting at data position `position` (in samples);
-    the order is a fixed shuffle per epoch and the mode a fixed draw per position, so a resumed
-    run sees the same batches."""
-    out = []
-    for p in range(position, position + per_step):
-        epoch, i = divmod(p, len(samples))
-        order = list(range(len(samples)))
-        random.Random(SEED + epoch).shuffle(order)
-        out.append((samples[order[i]], "fast" if random.Random(p).random() < FAST_FRACTION else "slow"))
-    return out[accelerator.process_index::accelerator.num_processes]
+    """This process's (sample, mode) pairs of the global batch at data position `position`; the
+    mode is a fixed draw per position, so a resumed run sees the same batches."""
+    return [(s, "fast" if random.Random(p).random() < FAST_FRACTION else "slow")
+            for p, s in mer.batch_at(samples, position, per_step, SEED, accelerator.process_index,
+                                     accelerator.num_processes)]
 
 
 def collate(batch):
@@ -149,8 +144,8 @@ try:
         step += 1
         loss_avg = accelerator.reduce(torch.tensor(loss_sum, device=device), "mean").item()
         if master:
-            rec = {"step": step, "loss": loss_avg, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm), "tokens": n_tokens,
-                   "step_s": round(time.time() - t0, 3)}
+            rec = {"step": step, "loss": loss_avg, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
+                   "tokens": n_tokens, "step_s": round(time.time() - t0, 3)}
             log.write(json.dumps(rec) + "\n")
             log.flush()
             bar.set_postfix(loss=f"{loss_avg:.3f}", lr=f"{lr:.1e}")

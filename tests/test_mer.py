@@ -209,3 +209,14 @@ def test_encode_sft_fast_mode():
     ids, labels = mer.encode_sft(prompt, SAMPLE, TOK, mode="fast")
     assert labels[:len(prompt)] == [-100] * len(prompt)
     assert TOK.decode(labels[len(prompt):-1]) == "happy, excited</answer>"
+
+
+def test_batch_at_is_a_fixed_stream_split_over_ranks():
+    samples = list("abcde")
+    full = mer.batch_at(samples, 3, 4, seed=0)
+    assert [p for p, _ in full] == [3, 4, 5, 6]
+    assert full == mer.batch_at(samples, 3, 4, seed=0)           # a resumed run sees the same batch
+    first_epoch = [s for _, s in mer.batch_at(samples, 0, 5, seed=0)]
+    assert sorted(first_epoch) == samples                          # each epoch is a permutation
+    assert mer.batch_at(samples, 3, 4, 0, rank=0, world=2) + mer.batch_at(samples, 3, 4, 0, rank=1, world=2) \
+        == [full[0], full[2], full[1], full[3]]
