@@ -166,3 +166,9 @@ def test_sft_and_grpo_steps_move_the_towers(omni_data, tmp_path):
     grpo = _tower_params(tmp_path / "grpo" / "last")
     assert sum(not torch.equal(sft[k], grpo[k]) for k in sft) >= len(sft) - 2
     assert mer.load_processor(str(tmp_path / "grpo" / "last")) is not None
+    # evaluation runs unchanged on the multimodal checkpoint, media in both modes and in the
+    # teacher-forced diagnostics
+    _run("evaluate.py", f"--ckpt={tmp_path / 'grpo' / 'last'}", f"--splits={omni_data}", f"--out_dir={tmp_path / 'ev'}",
+         "--max_new_tokens=24", "--fast_max_new_tokens=8", "--batch_size=2")
+    slow = json.load(open(tmp_path / "ev" / "summary.json"))["results"]["omni"]["slow"]
+    assert slow["format"] > 0 and slow["n_confidence"] > 0 and slow["scores"]["n"] == 4
