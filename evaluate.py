@@ -382,6 +382,7 @@ def score(task, preds, samples, wheels, sentiments=None):
 
 
 def write_csv(path, header, rows):
+    """Write a CSV atomically (temp file, then rename)."""
     tmp = path + ".tmp"
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -391,6 +392,7 @@ def write_csv(path, header, rows):
 
 
 def main_metric(task):
+    """The metric a task is ranked by in the summary table."""
     return {"fine": "f1", "basic": "hit", "sentiment": "waf"}[task]
 
 
@@ -408,6 +410,7 @@ def table(results, splits, modes):
 
 
 def default_ckpt():
+    """The latest GRPO checkpoint, else the SFT one, else the base smollm2."""
     for path in ("out/grpo/last", "out/sft/last"):
         if os.path.isfile(os.path.join(path, "config.json")):
             return path

@@ -493,10 +493,12 @@ def find_checkpoint(path):
 
 
 def rng_state():
+    """The torch (and CUDA) random states, to save in a checkpoint."""
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_rng_state(state):
+    """Restore the random states saved by rng_state."""
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -632,6 +634,7 @@ def read_audio(path, seconds=AUDIO_SECONDS):
 
 
 def has_media(samples):
+    """True when any sample points at a video or audio file."""
     return any(s.get("video_path") or s.get("audio_path") for s in samples)
 
 
@@ -660,6 +663,7 @@ def encode_prompts(samples, tokenizer, modes, processor=None):
 
 
 def is_omni(model):
+    """True for a Qwen2.5-Omni (Thinker) model, wrapped by DDP or not."""
     model = getattr(model, "module", model)  # under DDP the model is wrapped
     return getattr(model.config, "model_type", "").startswith("qwen2_5_omni")
 
