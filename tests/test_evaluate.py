@@ -29,10 +29,15 @@ def test_ew_f1_is_f1_of_averages_not_average_of_f1():
     preds = {"a": ["happy", "sad", "angry", "scared"], "b": []}
     p, r, n = E.ew_precision_recall(preds, labels, OURS, 1)
     assert (p, r, n) == (0.125, 0.5, 2)
-    assert E.ew_f1(p, r) == pytest.approx(0.2)     # the mean per-sample F1 would be 0.2 too only by chance:
+    assert E.ew_f1(p, r) == pytest.approx(0.2)
     assert E.ew_f1(0.0, 0.0) == 0.0
     preds["b"] = ["sad"]
-    assert E.ew_precision_recall(preds, labels, OURS, 1)[:2] == (0.625, 1.0)
+    p, r, _ = E.ew_precision_recall(preds, labels, OURS, 1)
+    assert (p, r) == (0.625, 1.0)
+    # Eq. (38) is the F1 of the averages (2 x 0.625 / 1.625), not the mean of the per-sample
+    # F1 scores (0.4 for a, 1.0 for b: 0.7)
+    assert E.ew_f1(p, r) == pytest.approx(1.25 / 1.625)
+    assert E.ew_scores(preds, labels, OURS)["f1"] == pytest.approx(100 * 1.25 / 1.625)
 
 
 def test_hit_rate_skips_unmappable_labels():
