@@ -365,6 +365,11 @@ def parse_sentiment(text):
     return {"positive": 1, "negative": -1, "neutral": 0}[m.group()] if m else 0
 
 
+def label_words(sample, task):
+    """The ground-truth words of a sample: its basic label for basic tasks, else its openset."""
+    return wheel.split_words(sample.get("basic") or sample["openset"] if task == "basic" else sample["openset"])
+
+
 def score(task, preds, samples, wheels, sentiments=None):
     """Scores of one split in percent: fine -> f1/precision/recall; basic -> hit/f1; sentiment -> waf.
     `preds` {name: [words]}; `sentiments` {name: -1/0/1} overrides the wheel mapping (judge)."""
@@ -373,10 +378,10 @@ def score(task, preds, samples, wheels, sentiments=None):
         scores = [sentiments[n] if sentiments else sentiment_score(preds.get(n, []), wheels) for n in names]
         return {"waf": waf(scores, [s["valence"] for s in samples]), "n": len(names)}
     if task == "basic":
-        labels = {s["name"]: wheel.split_words(s.get("basic") or s["openset"]) for s in samples}
+        labels = {s["name"]: label_words(s, task) for s in samples}
         return {"hit": hit_rate(preds, labels, wheels)["hit"], "f1": ew_scores(preds, labels, wheels)["f1"],
                 "n": len(names)}
-    labels = {s["name"]: wheel.split_words(s["openset"]) for s in samples}
+    labels = {s["name"]: label_words(s, task) for s in samples}
     s = ew_scores(preds, labels, wheels)
     return {"f1": s["f1"], "precision": s["precision"], "recall": s["recall"], "n": len(names)}
 
@@ -462,8 +467,7 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
                 entry.update(confidence_diagnostics(tokenizer, samples, [t for _, _, t in outputs], task, wheels))
             results[name][mode] = entry
         if "fast" in modes and "slow" in modes and task != "sentiment":
-            labels = {s["name"]: wheel.split_words(s.get("basic") or s["openset"] if task == "basic" else s["openset"])
-                      for s in samples}
+            labels = {s["name"]: label_words(s, task) for s in samples}
             fast, slow = results[name]["fast"], results[name]["slow"]
             results[name]["delta_fast_minus_slow"] = {
                 k: fast["scores"][k] - slow["scores"][k] for k in ("f1", "precision", "recall", "hit")
@@ -486,7 +490,7 @@ def confidence_diagnostics(tokenizer, samples, teacher, task, wheels):
         if found is None:
             continue
         words, lp = found
-        gt_words = wheel.split_words(s.get("basic") or s["openset"] if task == "basic" else s["openset"])
+        gt_words = label_words(s, task)
         per_wheel = [answer_confidences(lp, [tables[(k, sp)] for _, _, sp in words], wheel.map_words(gt_words, wheels, k))
                      for k in range(len(wheels.level1))]
         per_wheel = [p for p in per_wheel if p is not None]

@@ -10,6 +10,7 @@ import functools
 import importlib.util
 import json
 import os
+import random
 import shutil
 import sys
 
@@ -320,21 +321,27 @@ def smollm2_dir():
     return out
 
 
+def train_bpe(fields, specials):
+    """A 1,024-token byte-level BPE trained offline on the prompt text and the given fields of the
+    bundled test_fine samples, with `specials` as special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    texts = [SYSTEM, INSTRUCTION, "<think></think><answer></answer>"]
+    for s in read_jsonl(os.path.join(DATA_DIR, "test_fine.jsonl")):
+        texts += [s[f] for f in fields]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1024, special_tokens=specials, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tok
+
+
 def tiny_tokenizer():
     """A small byte-level BPE tokenizer with ChatML tokens, trained on the bundled data (offline)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     path = os.path.join(CACHE_DIR, "tiny-tokenizer")
     if not os.path.isfile(os.path.join(path, "tokenizer.json")):
-        texts = [SYSTEM, INSTRUCTION, "<think></think><answer></answer>"]
-        for s in read_jsonl(os.path.join(DATA_DIR, "test_fine.jsonl")):
-            texts += [s["video"], s["audio"], s["subtitle"], s["reason"], s["openset"]]
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-        tok.train_from_iterator(texts, trainer)
+        tok = train_bpe(["video", "audio", "subtitle", "reason", "openset"], ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>",
                                        bos_token="<|im_start|>")
         fast.chat_template = CHAT_TEMPLATE
@@ -426,7 +433,6 @@ def select(samples, skip=0, take=0, seed=0):
     if not skip and not take:
         return samples
     order = list(samples)
-    import random
     random.Random(seed).shuffle(order)
     order = order[skip:]
     return order[:take] if take else order
@@ -440,7 +446,6 @@ def batch_at(samples, position, count, seed, rank=0, world=1):
     stream that visits the samples in a fixed shuffle per epoch; this process keeps every
     world-th one from `rank`. It depends on (position, seed) only, so a resumed run sees the
     same batches."""
-    import random
     out, orders = [], {}
     for p in range(position + rank, position + count, world):
         epoch, i = divmod(p, len(samples))
@@ -692,18 +697,11 @@ def tiny_omni_dir():
     if os.path.isfile(os.path.join(out, "config.json")):
         return out
     import tempfile
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (Qwen2_5OmniProcessor, Qwen2_5OmniThinkerConfig,
                               Qwen2_5OmniThinkerForConditionalGeneration, Qwen2Tokenizer, Qwen2VLImageProcessor,
                               Qwen2VLVideoProcessor, WhisperFeatureExtractor)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *QWEN_OMNI_TOKENS.values()]
-    texts = [SYSTEM, INSTRUCTION, "<think></think><answer></answer>"]
-    for s in read_jsonl(os.path.join(DATA_DIR, "test_fine.jsonl")):
-        texts += [s["subtitle"], s["reason"], s["openset"]]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1024, special_tokens=specials, show_progress=False,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe = train_bpe(["subtitle", "reason", "openset"], specials)
     with tempfile.TemporaryDirectory() as tmp:
         bpe.model.save(tmp)
         vocab = json.load(open(os.path.join(tmp, "vocab.json")))
