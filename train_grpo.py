@@ -122,11 +122,17 @@ tokenizer.padding_side = "left"
 first_tokens = {(k, sp): mer.category_first_tokens(wheels, k, tokenizer, sp) for k in reward_wheels for sp in (0, 1)}
 
 
-def completion_logits(model, ids, mask, media, n_completion):
-    """Logits predicting the last n_completion tokens of each row (LM head only there)."""
+def completion_logits(model, ids, mask, media, completion, c_mask):
+    """Logits predicting each completion token; rows are G completions per prompt (ids, mask and
+    media hold one row per prompt). The G rows share their prompt's forward: the prompt runs once
+    and its KV cache, with its graph when gradients are on, serves all G continuations, which
+    start with the prompt's last token. The LM head runs at completion positions only."""
     with autocast():
-        logits = mer.forward_logits(model, ids, mask, media, keep=n_completion + 1)
-    return logits[:, :-1].float()
+        cache, position = mer.prompt_cache(model, ids, mask, media, G)
+        x = torch.cat([ids[:, -1:].repeat_interleave(G, 0), completion[:, :-1]], 1)
+        x_mask = torch.cat([mask.repeat_interleave(G, 0), c_mask[:, :-1]], 1)
+        positions = position[:, None] + torch.arange(x.shape[1], device=x.device)
+        return mer.extend_logits(model, x, x_mask, positions, cache).float()
 
 
 def token_logprobs(logits, tokens):
@@ -149,30 +155,28 @@ def group_rewards(rows, texts):
     return r
 
 
-def calibration(rows, fast_prompts, media, completions, slow_logits):
+def calibration(rows, fast_ids, fast_mask, media, completions, slow_logits):
     """Step 4 (Eq. 8-11): R+ and R- of each completion, from the slow sequence (the sample itself,
     whose logits the policy pass already computed) and a teacher-forced fast sequence that puts the
-    SAME answer token ids after `<think></think><answer>`, with the same media. No gradient:
-    these are rewards. A completion without a usable answer gets R+ = R- = 0."""
-    built = [mer.fast_sequence(p, c, tokenizer) for p, c in zip(fast_prompts, completions)]
+    SAME answer token ids after the fast prompt (`<think></think><answer>`), with the same media.
+    No gradient: these are rewards. A completion without a usable answer gets R+ = R- = 0."""
+    built = [mer.fast_answer(c, tokenizer) for c in completions]
     r_pos, r_neg = [0.0] * len(completions), [0.0] * len(completions)
     if not any(built):
         return r_pos, r_neg
-    # every row goes through the fast pass (a prompt alone when there is no answer) so that the
-    # rows stay aligned with the media tensors
-    fast_rows = [b[0] if b else p for b, p in zip(built, fast_prompts)]
-    ids, mask = mer.left_pad(fast_rows, eos, device)
-    # rows are left-padded, so the answers all end in the last column: keep logits from the earliest needed one
-    keep = max(len(b[0]) - b[1][0][2] + 1 for b in built if b)
-    with torch.no_grad(), autocast():
-        fast_logits = mer.forward_logits(accelerator.unwrap_model(policy), ids, mask, media, keep).float()
+    # one row per completion, right-padded (a row without an answer is all padding)
+    answers = [b[0] if b else [] for b in built]
+    width = max(len(a) for a in answers)
+    a_ids = torch.tensor([a + [eos] * (width - len(a)) for a in answers], device=device)
+    a_mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in answers], device=device)
+    with torch.no_grad():
+        fast_logits = completion_logits(accelerator.unwrap_model(policy), fast_ids, fast_mask, media, a_ids, a_mask)
     for i, b in enumerate(built):
         if not b:
             continue
-        fast_ids, words = b
-        # the distribution that predicts a token sits one position before it
-        fast_lp = torch.log_softmax(fast_logits[i, [keep - len(fast_ids) + fast_j - 1 for _, _, fast_j, _ in words]], -1)
-        # slow_logits[i, j] is the policy's distribution for completion token j (same sequence, Eq. 8)
+        words = b[1]
+        # fast_logits[i, a] predicts answer token a; slow_logits[i, j] predicts completion token j
+        fast_lp = torch.log_softmax(fast_logits[i, [a for _, _, a, _ in words]], -1)
         slow_lp = torch.log_softmax(slow_logits[i, [j for _, j, _, _ in words]].detach(), -1)
         per_wheel = []
         for k in reward_wheels:
@@ -216,18 +220,14 @@ try:
             # 1. sample G completions per prompt, slow mode
             t0 = time.time()
             rows = [s for s in batch for _ in range(G)]  # row i is completion i % G of prompt i // G
-            slow_ids, media = mer.encode_prompts(rows, tokenizer, "slow", processor)
-            fast_ids, _ = mer.encode_prompts(rows, tokenizer, "fast", processor)  # same media, other prefix
+            slow_ids, media = mer.encode_prompts(batch, tokenizer, "slow", processor)  # one row per prompt
+            fast_ids, _ = mer.encode_prompts(batch, tokenizer, "fast", processor)  # same media, other prefix
             media = {k: v.to(device) for k, v in media.items()}
             ids, mask = mer.left_pad(slow_ids, eos, device)
             with torch.no_grad(), autocast():
-                seqs = accelerator.unwrap_model(policy).generate(
-                    input_ids=ids, attention_mask=mask, **media, do_sample=True, temperature=TEMPERATURE,
-                    top_p=TOP_P, max_new_tokens=MAX_NEW_TOKENS, min_new_tokens=MIN_NEW_TOKENS, pad_token_id=eos,
-                    eos_token_id=eos)
-            completion = seqs[:, ids.shape[1]:]
+                completion = mer.sample(accelerator.unwrap_model(policy), ids, mask, media, G, MAX_NEW_TOKENS,
+                                        MIN_NEW_TOKENS, TEMPERATURE, TOP_P, eos)
             c_mask = rewards.completion_mask(completion, eos)
-            seq_mask = torch.cat([mask, c_mask], 1)
             completions = [row[:int(n)].tolist() for row, n in zip(completion, c_mask.sum(1))]
             texts = [mer.PREFIX["slow"] + tokenizer.decode(c, skip_special_tokens=True) for c in completions]
             timing["generate_s"] += time.time() - t0
@@ -242,21 +242,22 @@ try:
                 with accelerator.accumulate(policy):
                     # 3. log-probs: policy (with grad), old (ratio 1 when each batch is used once), reference
                     t0 = time.time()
-                    logits = completion_logits(policy, seqs, seq_mask, media, completion.shape[1])
+                    logits = completion_logits(policy, ids, mask, media, completion, c_mask)
                     logp = token_logprobs(logits, completion)
                     if update == 0:
                         old_logp = logp.detach()
                         ref_logp = None
                         if ref is not None:
                             with torch.no_grad():
-                                ref_logits = completion_logits(ref, seqs, seq_mask, media, completion.shape[1])
+                                ref_logits = completion_logits(ref, ids, mask, media, completion, c_mask)
                                 ref_logp = token_logprobs(ref_logits, completion)
                         timing["fwd_bwd_s"] += time.time() - t0
 
                         # 4. teacher-forced fast pass -> R+ and R- (Eq. 8-11)
                         t0 = time.time()
                         zeros = [0.0] * len(texts)
-                        r["cali_pos"], r["cali_neg"] = (calibration(rows, fast_ids, media, completions, logits)
+                        r["cali_pos"], r["cali_neg"] = (calibration(rows, *mer.left_pad(fast_ids, eos, device), media,
+                                                                    completions, logits)
                                                         if calibrate else (zeros, zeros))
                         timing["fast_s"] += time.time() - t0
                         t0 = time.time()

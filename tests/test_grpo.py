@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 import mer
 import rewards
 import wheel
-from conftest import ROOT
+from conftest import ROOT, shared_prompt_gap
 
 SMALL = ["--max_samples=32", "--skip_samples=0", "--max_new_tokens=100", "--precision=fp32", "--save_every=100", "--threads=1"]
 
@@ -42,15 +42,15 @@ def tiny_sft(tmp_path_factory):
     return str(out / "last")
 
 
-def test_fast_sequence_on_a_known_string():
+def test_fast_answer_on_a_known_string():
     tok = mer.tiny_tokenizer()
     sample = {"name": "x", "subtitle": "We won!", "openset": "happy"}
     slow_prompt = tok(mer.prompt_text(sample, tok, "slow"), add_special_tokens=False)["input_ids"]
     fast_prompt = tok(mer.prompt_text(sample, tok, "fast"), add_special_tokens=False)["input_ids"]
     completion = tok("She smiles.</think><answer>happy, sad;happy, Very angry</answer>", add_special_tokens=False)["input_ids"]
     completion += [tok.eos_token_id]
-    fast_ids, words = mer.fast_sequence(fast_prompt, completion, tok)
-    slow_ids = slow_prompt + completion
+    answer, words = mer.fast_answer(completion, tok)
+    fast_ids, slow_ids = fast_prompt + answer, slow_prompt + completion
     # the two sequences differ only in the think block
     assert tok.decode(fast_ids) == tok.decode(slow_ids).replace("<think>She smiles.</think>", "<think></think>")
     # the answer ids are copied, not re-tokenised
@@ -59,8 +59,8 @@ def test_fast_sequence_on_a_known_string():
     assert tok.decode(completion[:start]) == "She smiles.</think><answer>"
     assert [w for w, _, _, _ in words] == ["happy", "sad", "very angry"]
     wheels = wheel.load_wheels()
-    for word, slow_j, fast_j, space in words:
-        assert completion[slow_j] == fast_ids[fast_j]
+    for word, slow_j, a, space in words:
+        assert completion[slow_j] == answer[a]
         first = tok.decode([completion[slow_j]])
         assert first.strip() and word.replace(" ", "").startswith(first.strip().lower())
         # the same first-token id is what V(c) holds for this word's category (Eq. 1 in context)
@@ -68,7 +68,54 @@ def test_fast_sequence_on_a_known_string():
             assert completion[slow_j] in mer.category_first_tokens(wheels, 1, tok, space)[word]
     assert tok.decode(completion[:words[1][1]]).endswith("happy,")
     assert tok.decode(completion[:words[2][1] + 1]).endswith("happy, sad;happy, V")
-    assert mer.fast_sequence(fast_prompt, tok("no answer here", add_special_tokens=False)["input_ids"], tok) is None
+    assert mer.fast_answer(tok("no answer here", add_special_tokens=False)["input_ids"], tok) is None
+
+
+def test_prompt_once_per_group_equals_the_full_sequences():
+    torch.manual_seed(0)
+    model, tok = mer.load_model("tiny")
+    model.eval()
+    ids, mask = mer.left_pad([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]], tok.eos_token_id)  # left padding in row 2
+    completion = torch.randint(5, 100, (6, 5))
+    c_mask = torch.ones_like(completion)
+    c_mask[1, 3:] = 0  # a completion that ended early
+    assert shared_prompt_gap(model, ids, mask, {}, {}, completion, c_mask, n=3) < 1e-5
+
+
+def test_sampler_greedy_equals_hf_generate_and_respects_min_and_eos():
+    torch.manual_seed(0)
+    model, tok = mer.load_model("tiny")
+    model.eval()
+    ids, mask = mer.left_pad([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]], tok.eos_token_id)
+    eos = tok.eos_token_id
+    with torch.no_grad():
+        ours = mer.sample(model, ids, mask, {}, 2, max_new=12, temperature=0, eos=eos)
+        hf = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
+                            pad_token_id=eos, eos_token_id=None)[:, ids.shape[1]:]
+    assert torch.equal(ours, hf.repeat_interleave(2, 0))
+    # make EOS the greedy choice everywhere: it comes at min_new exactly, then pads the row
+    model.lm_head.bias = torch.nn.Parameter(torch.zeros(len(tok)).index_fill(0, torch.tensor([eos]), 1e4))
+    with torch.no_grad():
+        ended = mer.sample(model, ids, mask, {}, 1, max_new=10, min_new=4, temperature=0, eos=eos)
+    assert ended.shape == (2, 5) and (ended[:, 4] == eos).all() and (ended[:, :4] != eos).all()
+    with torch.no_grad():
+        sampled = mer.sample(model, ids, mask, {}, 3, max_new=10, min_new=10, temperature=1.0, eos=eos)
+    assert sampled.shape == (6, 10) and (sampled != eos).all()
+
+
+def test_next_token_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    torch.manual_seed(0)
+    draws = lambda p: {mer.next_token(logits, 1.0, p).item() for _ in range(300)}  # noqa: E731
+    assert draws(0.5) == {0}           # 0.5 alone reaches 0.5
+    assert draws(0.7) == {0, 1}        # 0.5 < 0.7 <= 0.8
+    assert draws(0.9) == {0, 1, 2}
+    assert draws(1.0) == {0, 1, 2, 3}
+    assert mer.next_token(logits, 0).item() == 0
+    # draws follow the distribution, and a token of probability 0 never comes
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3]]).repeat(100000, 1)
+    freq = torch.bincount(mer.next_token(torch.log(probs)), minlength=4) / len(probs)
+    assert freq[1] == 0 and torch.allclose(freq, probs[0], atol=0.005)
 
 
 def test_completion_mask_from_first_eos():

@@ -14,7 +14,7 @@ av = pytest.importorskip("av")
 pytest.importorskip("torchvision")
 
 import mer  # noqa: E402
-from conftest import ROOT  # noqa: E402
+from conftest import ROOT, shared_prompt_gap  # noqa: E402
 
 FRAMES = 16
 
@@ -138,6 +138,27 @@ def test_one_function_turns_samples_into_inputs(media):
     text_tok = mer.tiny_tokenizer()
     (ids,), none = mer.encode_prompts([dict(sample, video="She smiles.")], text_tok, "slow", None)
     assert none == {} and "Video clues: She smiles." in text_tok.decode(ids)
+
+
+def test_prompt_once_per_group_equals_the_full_sequences(media):
+    # media shift the rope positions of the text after them (Qwen2.5-Omni's rope_deltas), and the
+    # two prompts differ in length, so the shorter one is left-padded
+    torch.manual_seed(0)
+    model, tok = mer.load_model("tiny-omni")
+    model.eval()
+    processor = mer.load_processor("tiny-omni")
+    samples = [{"name": "x", "subtitle": "We won!", "openset": "happy", "video_path": media["video"],
+                "audio_path": media["wav"]},
+               {"name": "y", "subtitle": "A much longer subtitle, so that the first prompt is padded.",
+                "openset": "sad", "video_path": media["video"]}]
+    prompts, inputs = mer.encode_prompts(samples, tok, "slow", processor)
+    _, row_inputs = mer.encode_prompts([s for s in samples for _ in range(3)], tok, "slow", processor)
+    ids, mask = mer.left_pad(prompts, tok.eos_token_id)
+    assert mask[0, 0] == 0
+    completion = torch.randint(20, 100, (6, 5))  # text tokens: ids below 10 are the special and media tokens
+    c_mask = torch.ones_like(completion)
+    c_mask[4, 2:] = 0
+    assert shared_prompt_gap(model, ids, mask, inputs, row_inputs, completion, c_mask, n=3) < 1e-5
 
 
 def _tower_params(path):
