@@ -548,14 +548,15 @@ def answer_word_positions(ids, tokenizer, prefix=""):
 def fast_answer(completion_ids, tokenizer):
     """Eq. (8): what the teacher-forced fast-mode pass feeds after the fast prompt (which ends in
     `<think></think><answer>`): the SAME answer token ids, copied from the sampled completion (never
-    re-tokenised). Returns (answer_ids, words) with words a list of (word, index of its first token
-    in the completion, index in answer_ids, leading space), or None when the completion has no
-    usable answer."""
+    re-tokenised), up to the first token of the last answer word: the confidences are read there
+    and no later token can change them. Returns (answer_ids, words) with words a list of (word,
+    index of its first token in the completion, index in answer_ids, leading space), or None when
+    the completion has no usable answer."""
     found = answer_word_positions(completion_ids, tokenizer)
     if found is None or not found[1]:
         return None
     start, words = found
-    return list(completion_ids[start:]), [(w, j, j - start, space) for w, j, space in words]
+    return list(completion_ids[start:words[-1][1] + 1]), [(w, j, j - start, space) for w, j, space in words]
 
 
 def category_first_tokens(wheels, k, tokenizer, leading_space):
@@ -689,7 +690,7 @@ def prompt_cache(model, ids, mask, media=None, n=1):
     repeated after the forward (with its graph, when gradients are on). The caller feeds each
     prompt's last token first. A text model counts real tokens for positions; Qwen2.5-Omni shifts
     the text after media by the rope_deltas that this very forward sets."""
-    body = getattr(model, "module", model).model  # the body under the LM head, DDP-wrapped or not
+    body = getattr(model, "module", model).base_model  # the body under the LM head, DDP-wrapped or not
     ids, mask = ids[:, :-1], mask[:, :-1]
     if is_omni(model):
         out = body(input_ids=ids, attention_mask=mask, use_cache=True, **(media or {}))

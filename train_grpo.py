@@ -224,6 +224,7 @@ try:
             fast_ids, _ = mer.encode_prompts(batch, tokenizer, "fast", processor)  # same media, other prefix
             media = {k: v.to(device) for k, v in media.items()}
             ids, mask = mer.left_pad(slow_ids, eos, device)
+            fast, fast_mask = mer.left_pad(fast_ids, eos, device)
             with torch.no_grad(), autocast():
                 completion = mer.sample(accelerator.unwrap_model(policy), ids, mask, media, G, MAX_NEW_TOKENS,
                                         MIN_NEW_TOKENS, TEMPERATURE, TOP_P, eos)
@@ -256,8 +257,7 @@ try:
                         # 4. teacher-forced fast pass -> R+ and R- (Eq. 8-11)
                         t0 = time.time()
                         zeros = [0.0] * len(texts)
-                        r["cali_pos"], r["cali_neg"] = (calibration(rows, *mer.left_pad(fast_ids, eos, device), media,
-                                                                    completions, logits)
+                        r["cali_pos"], r["cali_neg"] = (calibration(rows, fast, fast_mask, media, completions, logits)
                                                         if calibrate else (zeros, zeros))
                         timing["fast_s"] += time.time() - t0
                         t0 = time.time()

@@ -50,13 +50,14 @@ def test_fast_answer_on_a_known_string():
     completion = tok("She smiles.</think><answer>happy, sad;happy, Very angry</answer>", add_special_tokens=False)["input_ids"]
     completion += [tok.eos_token_id]
     answer, words = mer.fast_answer(completion, tok)
-    fast_ids, slow_ids = fast_prompt + answer, slow_prompt + completion
-    # the two sequences differ only in the think block
-    assert tok.decode(fast_ids) == tok.decode(slow_ids).replace("<think>She smiles.</think>", "<think></think>")
-    # the answer ids are copied, not re-tokenised
-    start = len(completion) - (len(fast_ids) - len(fast_prompt))
-    assert fast_ids[len(fast_prompt):] == completion[start:]
+    # the answer ids are copied, not re-tokenised, up to the first token of the last word
+    start = words[0][1] - words[0][2]  # j - a: where the answer starts in the completion
+    assert answer == completion[start:words[-1][1] + 1]
     assert tok.decode(completion[:start]) == "She smiles.</think><answer>"
+    assert tok.decode(answer) == "happy, sad;happy, V"
+    # the fast sequence differs from the slow one only in the think block
+    fast_ids, slow_ids = fast_prompt + answer, slow_prompt + completion[:start + len(answer)]
+    assert tok.decode(fast_ids) == tok.decode(slow_ids).replace("<think>She smiles.</think>", "<think></think>")
     assert [w for w, _, _, _ in words] == ["happy", "sad", "very angry"]
     wheels = wheel.load_wheels()
     for word, slow_j, a, space in words:
