@@ -690,7 +690,9 @@ def prompt_cache(model, ids, mask, media=None, n=1):
     repeated after the forward (with its graph, when gradients are on). The caller feeds each
     prompt's last token first. A text model counts real tokens for positions; Qwen2.5-Omni shifts
     the text after media by the rope_deltas that this very forward sets."""
-    body = getattr(model, "module", model).base_model  # the body under the LM head, DDP-wrapped or not
+    # the body under the LM head; under DDP this pass skips the wrapper, which is fine: DDP syncs
+    # gradients from hooks on the parameters, and the continuation goes through the wrapper
+    body = getattr(model, "module", model).base_model
     ids, mask = ids[:, :-1], mask[:, :-1]
     if is_omni(model):
         out = body(input_ids=ids, attention_mask=mask, use_cache=True, **(media or {}))
