@@ -584,7 +584,7 @@ MODEL_INPUTS = ("pixel_values_videos", "video_grid_thw", "video_second_per_grid"
                 "feature_attention_mask")
 
 
-@functools.lru_cache(maxsize=16)  # a GRPO batch repeats each sample G times
+@functools.lru_cache(maxsize=16)  # a GRPO step encodes each sample twice (slow and fast prompt)
 def read_video(path, n_frames=VIDEO_FRAMES):
     """n_frames RGB frames [n, H, W, 3] (uint8) sampled uniformly over a video, decoded with PyAV."""
     import av
@@ -708,6 +708,18 @@ def extend_logits(model, ids, mask, positions, cache):
     """Logits at every position of `ids`, which continue the sequences held in `cache` (`mask`
     covers the cached tokens and `ids`; `positions` are the rope positions of `ids`)."""
     return model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True).logits
+
+
+def continuation_logits(model, ids, mask, media, completion, c_mask, n):
+    """Logits predicting each completion token, for n completions per left-padded prompt (row i
+    of completion continues prompt i // n; c_mask marks its real tokens). Each prompt runs once
+    (prompt_cache) and its n rows continue from its last token, so the LM head runs at
+    completion positions only."""
+    cache, position = prompt_cache(model, ids, mask, media, n)
+    x = torch.cat([ids[:, -1:].repeat_interleave(n, 0), completion[:, :-1]], 1)
+    x_mask = torch.cat([mask.repeat_interleave(n, 0), c_mask[:, :-1]], 1)
+    positions = position[:, None] + torch.arange(x.shape[1], device=x.device)
+    return extend_logits(model, x, x_mask, positions, cache)
 
 
 def sample(model, ids, mask, media, n, max_new, min_new=0, temperature=1.0, top_p=1.0, eos=None):

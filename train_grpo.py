@@ -123,16 +123,11 @@ first_tokens = {(k, sp): mer.category_first_tokens(wheels, k, tokenizer, sp) for
 
 
 def completion_logits(model, ids, mask, media, completion, c_mask):
-    """Logits predicting each completion token; rows are G completions per prompt (ids, mask and
-    media hold one row per prompt). The G rows share their prompt's forward: the prompt runs once
-    and its KV cache, with its graph when gradients are on, serves all G continuations, which
-    start with the prompt's last token. The LM head runs at completion positions only."""
+    """Logits predicting each completion token (G rows per prompt; ids, mask and media hold one
+    row per prompt). The prompt runs once per group; with gradients on, its KV cache keeps its
+    graph, so the gradient through the prompt is that of the full sequences."""
     with autocast():
-        cache, position = mer.prompt_cache(model, ids, mask, media, G)
-        x = torch.cat([ids[:, -1:].repeat_interleave(G, 0), completion[:, :-1]], 1)
-        x_mask = torch.cat([mask.repeat_interleave(G, 0), c_mask[:, :-1]], 1)
-        positions = position[:, None] + torch.arange(x.shape[1], device=x.device)
-        return mer.extend_logits(model, x, x_mask, positions, cache).float()
+        return mer.continuation_logits(model, ids, mask, media, completion, c_mask, G).float()
 
 
 def token_logprobs(logits, tokens):
