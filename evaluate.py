@@ -401,16 +401,40 @@ def main_metric(task):
     return {"fine": "f1", "basic": "hit", "sentiment": "waf"}[task]
 
 
+def table_means(results, splits, mode):
+    """Table 3's R-Mean (the recognition splits) and Mean (all splits) of one mode, two ways: with F1
+    for the basic-emotion splits ("f1": the paper's "unified F1 metrics") and with their hit-rate
+    ("hit": MER-UniBench's main metric). Fine-grained splits give EW-F1, sentiment WAF, in both."""
+    out = {}
+    for basic in ("f1", "hit"):
+        vals, rec = [], []
+        for spec in splits:
+            task = task_of(spec)
+            v = results[split_name(spec)][mode]["scores"][basic if task == "basic" else main_metric(task)]
+            vals.append(v)
+            if task != "sentiment":
+                rec.append(v)
+        out[f"r_mean_{basic}"] = sum(rec) / len(rec) if rec else None
+        out[f"mean_{basic}"] = sum(vals) / len(vals)
+    return out
+
+
 def table(results, splits, modes):
-    """A Table-3-style markdown table: splits as columns, one row per mode, R-Mean and Mean."""
-    names = [split_name(s) for s in splits]
-    lines = ["| mode | " + " | ".join(f"{n} ({main_metric(task_of(s))})" for n, s in zip(names, splits))
-             + " | R-Mean | Mean |", "|---" * (len(splits) + 3) + "|"]
+    """A Table-3-style markdown table: splits as columns (basic-emotion splits with HIT and F1), one
+    row per mode, then R-Mean and Mean F1-based (the paper's Table 3) and HIT-based (MER-UniBench)."""
+    cols = []
+    for spec in splits:
+        task = task_of(spec)
+        cols += [(spec, main_metric(task))] + ([(spec, "f1")] if task == "basic" else [])
+    label = {"f1": "F1", "hit": "HIT", "waf": "WAF"}
+    lines = ["| mode | " + " | ".join(f"{split_name(s)} ({label[m]})" for s, m in cols)
+             + " | R-Mean (F1) | Mean (F1) | R-Mean (HIT) | Mean (HIT) |", "|---" * (len(cols) + 5) + "|"]
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     for mode in modes:
-        vals = [results[n][mode]["scores"][main_metric(task_of(s))] for n, s in zip(names, splits)]
-        rec = [v for v, s in zip(vals, splits) if task_of(s) != "sentiment"]
-        r_mean = f"{sum(rec) / len(rec):.2f}" if rec else "-"
-        lines.append(f"| {mode} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {r_mean} | {sum(vals) / len(vals):.2f} |")
+        m = table_means(results, splits, mode)
+        vals = [results[split_name(s)][mode]["scores"][k] for s, k in cols]
+        lines.append(f"| {mode} | " + " | ".join(fmt(v) for v in vals + [m["r_mean_f1"], m["mean_f1"], m["r_mean_hit"],
+                                                                         m["mean_hit"]]) + " |")
     return "\n".join(lines)
 
 
@@ -574,7 +598,8 @@ if __name__ == "__main__":
         results = evaluate(model, tokenizer, splits, modes, wheel.load_wheels(WHEELS or None), OUT_DIR, autocast, judge,
                            processor)
         summary = {"ckpt": ckpt, "wheels": WHEELS or "ours", "sentiment": JUDGE or "wheel mapping",
-                   "seconds": round(time.time() - t0, 1), "results": results}
+                   "seconds": round(time.time() - t0, 1), "results": results,
+                   "means": {mode: table_means(results, splits, mode) for mode in modes}}
         with open(os.path.join(OUT_DIR, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
         print(table(results, splits, modes))

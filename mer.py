@@ -268,6 +268,34 @@ def prompt_text(sample, tokenizer, mode="slow", media=False):
     return text + PREFIX[mode]
 
 
+TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+
+def add_tag_tokens(model, tokenizer):
+    """Make the four format tags single (non-special) tokens, so that an answer always starts on a
+    token boundary: with Qwen2's pre-tokenizer `>happy` is one pre-token, which BPE may merge into
+    one token, and then the fast sequence (Eq. 8) cannot reuse the answer's ids after `<answer>`.
+    Added tokens are split off before pre-tokenisation. A new row of the embeddings (and of an
+    untied LM head) starts as the mean of the rows of the pieces the tag was cut into before; a
+    vocabulary with spare rows (Qwen2.5-Omni) is not resized. Returns the number of tags added
+    (0 when the tokenizer already has them: a checkpoint written after this call)."""
+    from tokenizers import AddedToken
+    new = [t for t in TAGS if t not in tokenizer.get_added_vocab()]
+    if not new:
+        return 0
+    pieces = {t: tokenizer(t, add_special_tokens=False)["input_ids"] for t in new}
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in new])
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    tables = {id(w): w for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)}
+    with torch.no_grad():
+        for t in new:
+            i = tokenizer.convert_tokens_to_ids(t)
+            for w in tables.values():  # once when input and output embeddings are tied
+                w[i] = w[pieces[t]].mean(0)
+    return len(new)
+
+
 def sft_target(sample, mode="slow"):
     """The SFT completion after the forced prefix: `{reason}</think><answer>{openset}</answer>` in
     slow mode, `{openset}</answer>` in fast mode (whose prefix already holds the empty think)."""

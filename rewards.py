@@ -114,14 +114,27 @@ def format_reward(text, answer_words, subtitle="", require_think=True, max_words
 # ---------------------------------------------------------------------------------------
 # Group normalisation and the advantages (Eq. 5, 12, 14 and the ablations)
 
-def group_normalize(rewards):
+def group_normalize(rewards, mask=None):
     """Eq. (5)/(14): (R - mean) / (std + eps) within each group (last dim), population std.
-    A zero-variance group gets advantage exactly 0, never NaN."""
+    A zero-variance group gets advantage exactly 0, never NaN. With `mask` (same shape, 1 where
+    the reward exists), mean and std run over the masked entries only and the others get 0:
+    a completion without a reward is neither pushed up nor down."""
     rewards = rewards.double()
-    mean = rewards.mean(-1, keepdim=True)
-    std = rewards.std(-1, unbiased=False, keepdim=True)
+    mask = torch.ones_like(rewards) if mask is None else mask.double()
+    count = mask.sum(-1, keepdim=True).clamp(min=1)
+    mean = (rewards * mask).sum(-1, keepdim=True) / count
+    std = (((rewards - mean) ** 2 * mask).sum(-1, keepdim=True) / count).sqrt()
     adv = (rewards - mean) / (std + EPS)
-    return torch.where(std > ZERO_STD, adv, torch.zeros_like(adv)).float()
+    return torch.where((std > ZERO_STD) & (mask > 0), adv, torch.zeros_like(adv)).float()
+
+
+def fill_missing(rewards, mask):
+    """Rewards with each masked-out entry replaced by the mean of its group's present ones (0 when
+    none is present): for the reward-space variants (B1, B2) a missing calibration reward then
+    favours no completion over another."""
+    rewards, mask = rewards.double(), mask.double()
+    mean = (rewards * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+    return torch.where(mask > 0, rewards, mean.expand_as(rewards)).float()
 
 
 def dual_advantage(r_recall, r_precision):
@@ -138,15 +151,20 @@ def advantages(variant, r, lam_cali=0.1, lam_fmt=0.1):
     """The advantage of every ablation of Tables 4-5, from group-shaped rewards.
 
     `r` holds tensors [n_groups, G]: "recall", "precision", "f1", "format", and for the
-    calibrated variants "cali_pos" (R+) and "cali_neg" (R-).
+    calibrated variants "cali_pos" (R+), "cali_neg" (R-) with "has_pos", "has_neg" (1 where E+ /
+    E- is non-empty in some wheel). A+ (A-) is normalised over the completions that have E+ (E-);
+    the others get A+ = 0 (A- = 0): an empty set is no evidence either way (Eq. 11 is undefined
+    there), and scoring it 0 would reward completions with no correct word whenever R+ < 0.
       baseline  norm(R_F + R_fmt)
       rd        norm(R_R + R_P + R_fmt)                                    (Ex1, reward split)
       rd_ad     A_dual + l_fmt A_fmt                                       (Ex2, Eq. 5)
       mer_r1    A_dual + l_cali (A+ + A-) + l_fmt A_fmt                    (Ex3, Eq. 12)
-      a1        as mer_r1; the confidences are word-level (see calibration_rewards)
+      a1        as mer_r1; the confidences are word-level (see word_gaps)
       a2        A_dual + l_cali A+ + l_fmt A_fmt                           (no precision calibration)
       b1        A_dual + l_cali norm(R+ + R-) + l_fmt A_fmt                (reward-space calibration)
-      b2        norm(R_R + l_cali R+) + norm(R_P + l_cali R-) + l_fmt A_fmt (mixed space)"""
+      b2        norm(R_R + l_cali R+) + norm(R_P + l_cali R-) + l_fmt A_fmt (mixed space)
+    In b1 and b2 a missing R+ (R-) is replaced by its group's mean over the present ones
+    (fill_missing), and b1 normalises over the completions with E+ or E-."""
     norm = group_normalize
     if variant == "baseline":
         return norm(r["f1"] + r["format"])
@@ -155,18 +173,20 @@ def advantages(variant, r, lam_cali=0.1, lam_fmt=0.1):
     a_fmt = norm(r["format"])
     if variant == "rd_ad":
         return dual_advantage(r["recall"], r["precision"]) + lam_fmt * a_fmt
+    if variant not in CALIBRATED:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    has_pos = r.get("has_pos", torch.ones_like(r["cali_pos"]))
+    has_neg = r.get("has_neg", torch.ones_like(r["cali_neg"]))
+    pos, neg = fill_missing(r["cali_pos"], has_pos), fill_missing(r["cali_neg"], has_neg)
     if variant == "b2":
-        return (norm(r["recall"] + lam_cali * r["cali_pos"]) + norm(r["precision"] + lam_cali * r["cali_neg"])
-                + lam_fmt * a_fmt)
+        return (norm(r["recall"] + lam_cali * pos) + norm(r["precision"] + lam_cali * neg) + lam_fmt * a_fmt)
     a_dual = dual_advantage(r["recall"], r["precision"])
     if variant in ("mer_r1", "a1"):
-        a_cali = norm(r["cali_pos"]) + norm(r["cali_neg"])
+        a_cali = norm(r["cali_pos"], has_pos) + norm(r["cali_neg"], has_neg)
     elif variant == "a2":
-        a_cali = norm(r["cali_pos"])
-    elif variant == "b1":
-        a_cali = norm(r["cali_pos"] + r["cali_neg"])
-    else:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        a_cali = norm(r["cali_pos"], has_pos)
+    else:  # b1
+        a_cali = norm(pos + neg, ((has_pos + has_neg) > 0).float())
     return total_advantage(a_dual, a_cali, a_fmt, lam_cali, lam_fmt)
 
 
@@ -220,10 +240,29 @@ def word_gaps(slow_logprobs, fast_logprobs, word_first_ids, word_categories, cat
 
 def wheel_calibration_rewards(per_wheel):
     """Eq. (11) averaged over wheels: `per_wheel` is a list of (R+, R-, has_pos, has_neg).
-    R+ is averaged over the wheels where E+ is not empty, R- where E- is not empty; 0 if none."""
+    R+ is averaged over the wheels where E+ is not empty, R- where E- is not empty (0 if none).
+    Returns (R+, R-, has_pos, has_neg): has_pos is True when some wheel has a non-empty E+."""
     pos = [r for r, _, has, _ in per_wheel if has]
     neg = [r for _, r, _, has in per_wheel if has]
-    return (sum(pos) / len(pos) if pos else 0.0), (sum(neg) / len(neg) if neg else 0.0)
+    return (sum(pos) / len(pos) if pos else 0.0), (sum(neg) / len(neg) if neg else 0.0), bool(pos), bool(neg)
+
+
+def completion_calibration(slow_logprobs, fast_logprobs, word_first_ids, categories, tables, gt, word_level=False):
+    """Eq. (1) and (9)-(11) for one completion, over several wheels: (R+, R-, has_pos, has_neg).
+
+    slow_logprobs/fast_logprobs [n_words, vocab] are the next-token log-probs at each answer
+    word's first token in the slow and the fast sequence, word_first_ids those tokens. Per wheel
+    k: categories[k][j] is word j's category (None: unmapped), tables[k][j] the V(c) table for
+    word j in context (see word_gaps), gt[k] the ground-truth categories. A wheel where the
+    ground truth maps to nothing is skipped (every mapped word would otherwise land in E-), as
+    R_R, R_P and the evaluator skip it; the rest are averaged (wheel_calibration_rewards)."""
+    per_wheel = []
+    for cats, tabs, g in zip(categories, tables, gt):
+        if not g:
+            continue
+        gaps = word_gaps(slow_logprobs, fast_logprobs, word_first_ids, cats, tabs, word_level)
+        per_wheel.append(calibration_rewards(gaps, cats, g))
+    return wheel_calibration_rewards(per_wheel)
 
 
 # ---------------------------------------------------------------------------------------
@@ -243,14 +282,18 @@ def masked_mean(x, mask, dim=None):
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def grpo_loss(logp, old_logp, advantages, mask, ref_logp=None, eta=0.2, beta=0.0, aggregation="sequence"):
+def grpo_loss(logp, old_logp, advantages, mask, ref_logp=None, eta=0.2, beta=0.0, aggregation="sequence",
+              max_len=None):
     """Eq. (3): L = -(1/K) sum_i min(r A, clip(r, 1-eta, 1+eta) A) + beta KL(pi_theta || pi_ref).
 
     Per-token ratios r = exp(logp - old_logp) and per-token k3 KL, over completion tokens
-    (`mask` [B, T]); `advantages` [B] is broadcast over each completion's tokens.
-    aggregation "sequence": mean over each completion's tokens, then over completions (the
-    paper's 1/K form); "token": one mean over all completion tokens of the batch.
-    Returns (loss, stats) with stats the mean KL and the fraction of clipped tokens."""
+    (`mask` [B, T]); `advantages` [B] is broadcast over each completion's tokens. aggregation:
+      "sequence"  mean over each completion's tokens, then over completions: the 1/K form with a
+                  per-sequence token mean, which weights each token of completion i by 1/|y_i|
+      "token"     one mean over all completion tokens of the batch
+      "constant"  each completion's token sum divided by `max_len` (MAX_NEW_TOKENS; default the
+                  width T), then the mean over completions (Dr. GRPO: no length bias)
+    Returns (loss, stats): the mean KL, the fraction of clipped tokens and the mean |ratio - 1|."""
     ratio = torch.exp(logp - old_logp)
     adv = advantages.unsqueeze(-1)
     per_token = -torch.min(ratio * adv, torch.clamp(ratio, 1 - eta, 1 + eta) * adv)
@@ -261,11 +304,19 @@ def grpo_loss(logp, old_logp, advantages, mask, ref_logp=None, eta=0.2, beta=0.0
         loss = masked_mean(per_token, mask, dim=-1).mean()
     elif aggregation == "token":
         loss = masked_mean(per_token, mask)
+    elif aggregation == "constant":
+        loss = ((per_token * mask.to(per_token.dtype)).sum(-1) / (max_len or per_token.shape[-1])).mean()
     else:
-        raise ValueError(f"aggregation must be 'sequence' or 'token', not {aggregation!r}")
+        raise ValueError(f"aggregation must be 'sequence', 'token' or 'constant', not {aggregation!r}")
     clipped = ((ratio < 1 - eta) & (adv < 0)) | ((ratio > 1 + eta) & (adv > 0))
-    stats = {"kl": float(masked_mean(kl.detach(), mask)), "clip_frac": float(masked_mean(clipped.float(), mask))}
+    stats = {"kl": float(masked_mean(kl.detach(), mask)), "clip_frac": float(masked_mean(clipped.float(), mask)),
+             "ratio_dev": float(masked_mean((ratio.detach() - 1).abs(), mask))}
     return loss, stats
+
+
+def token_logprobs(logits, tokens, temperature=1.0):
+    """log pi(token) under temperature-scaled logits (the distribution that sampled them)."""
+    return torch.log_softmax(logits / temperature, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def completion_mask(completion_ids, eos_id):

@@ -31,6 +31,7 @@ OUT_DIR = "out/grpo"
 SAVE_EVERY = 10           # steps between checkpoints (and one at the end)
 RESUME = True             # continue from OUT_DIR/last when it exists
 STOP_AFTER = 0            # end this run after N steps (0: run to the end); a later run resumes
+LOG_COMPLETIONS_EVERY = 10  # every N steps, each sampled completion goes to OUT_DIR/completions.jsonl (0: never)
 # data
 TRAIN = "train"           # a bundled split, a .jsonl file, or mercaptionplus:DIR
 SKIP_SAMPLES = 1000       # drop the first N of a fixed shuffle: the samples SFT drew from
@@ -57,7 +58,7 @@ BETA = 0.04               # KL weight (0: no reference model is loaded)
 ETA = 0.2                 # clip range of the ratio
 LAMBDA_CALI = 0.1
 LAMBDA_FMT = 0.1
-AGGREGATION = "sequence"  # sequence (mean over each completion, then over completions) | token
+AGGREGATION = "sequence"  # sequence (mean per completion, then over them) | token | constant (Dr. GRPO)
 # sampling
 TEMPERATURE = 1.0
 TOP_P = 1.0
@@ -130,11 +131,6 @@ def completion_logits(model, ids, mask, media, completion, c_mask):
         return mer.continuation_logits(model, ids, mask, media, completion, c_mask, G).float()
 
 
-def token_logprobs(logits, tokens):
-    """log pi(token) under temperature-scaled logits (the distribution that sampled them)."""
-    return torch.log_softmax(logits / TEMPERATURE, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
 def group_rewards(rows, texts):
     """Step 2: format, R_R, R_P, R_F of each completion (rows[i] is the sample of completion i)."""
     r = {"format": [], "recall": [], "precision": [], "f1": []}
@@ -151,14 +147,15 @@ def group_rewards(rows, texts):
 
 
 def calibration(rows, fast_ids, fast_mask, media, completions, slow_logits):
-    """Step 4 (Eq. 8-11): R+ and R- of each completion, from the slow sequence (the sample itself,
-    whose logits the policy pass already computed) and a teacher-forced fast sequence that puts the
-    SAME answer token ids after the fast prompt (`<think></think><answer>`), with the same media.
-    No gradient: these are rewards. A completion without a usable answer gets R+ = R- = 0."""
+    """Step 4 (Eq. 8-11): R+, R- and whether E+ / E- is non-empty, for each completion, from the slow
+    sequence (the sample itself, whose logits the policy pass already computed) and a teacher-forced
+    fast sequence that puts the SAME answer token ids after the fast prompt (`<think></think><answer>`),
+    with the same media. No gradient: these are rewards. A completion without a usable answer has
+    neither set (R+ = R- = 0, masked out of A+ and A-)."""
     built = [mer.fast_answer(c, tokenizer) for c in completions]
-    r_pos, r_neg = [0.0] * len(completions), [0.0] * len(completions)
+    out = {k: [0.0] * len(completions) for k in ("cali_pos", "cali_neg", "has_pos", "has_neg")}
     if not any(built):
-        return r_pos, r_neg
+        return out
     # one row per completion, right-padded (a row without an answer is all padding)
     answers = [b[0] if b else [] for b in built]
     width = max(len(a) for a in answers)
@@ -173,16 +170,23 @@ def calibration(rows, fast_ids, fast_mask, media, completions, slow_logits):
         # fast_logits[i, a] predicts answer token a; slow_logits[i, j] predicts completion token j
         fast_lp = torch.log_softmax(fast_logits[i, [a for _, _, a, _ in words]], -1)
         slow_lp = torch.log_softmax(slow_logits[i, [j for _, j, _, _ in words]].detach(), -1)
-        per_wheel = []
-        for k in reward_wheels:
-            gt = wheel.map_words(wheel.split_words(rows[i]["openset"]), wheels, k)
-            cats = [wheel.G_w(w, wheels, k) for w, _, _, _ in words]
-            tables = [first_tokens[(k, int(space))] for _, _, _, space in words]
-            gaps = rewards.word_gaps(slow_lp, fast_lp, [completions[i][j] for _, j, _, _ in words], cats, tables,
-                                     word_level=VARIANT == "a1")
-            per_wheel.append(rewards.calibration_rewards(gaps, cats, gt))
-        r_pos[i], r_neg[i] = rewards.wheel_calibration_rewards(per_wheel)
-    return r_pos, r_neg
+        gt = [wheel.map_words(wheel.split_words(rows[i]["openset"]), wheels, k) for k in reward_wheels]
+        cats = [[wheel.G_w(w, wheels, k) for w, _, _, _ in words] for k in reward_wheels]
+        tables = [[first_tokens[(k, int(space))] for _, _, _, space in words] for k in reward_wheels]
+        values = rewards.completion_calibration(slow_lp, fast_lp, [completions[i][j] for _, j, _, _ in words],
+                                                cats, tables, gt, word_level=VARIANT == "a1")
+        for key, v in zip(out, values):
+            out[key][i] = float(v)
+    return out
+
+
+def log_completions(rows, texts, c_mask, r, adv, first_group):
+    """Each completion of a step with its prompt, rewards, advantage and length (one JSON line each)."""
+    with open(os.path.join(OUT_DIR, "completions.jsonl"), "a") as f:
+        for i, (sample, text) in enumerate(zip(rows, texts)):
+            f.write(json.dumps({"step": step + 1, "prompt": sample["name"], "group": first_group + i // G, "text": text,
+                                "length": int(c_mask[i].sum()), "advantage": float(adv[i]),
+                                **{k: v[i] for k, v in r.items()}}) + "\n")
 
 
 def save():
@@ -200,6 +204,7 @@ log = open(os.path.join(OUT_DIR, "log.jsonl"), "a") if master else None
 total_steps = MAX_STEPS or EPOCHS * len(samples) // per_step
 stop_at = min(total_steps, step + STOP_AFTER) if STOP_AFTER else total_steps
 bar = tqdm(total=total_steps, initial=step, desc=f"grpo {VARIANT}", disable=not master)
+warned_coverage = False
 try:
     while step < stop_at:
         t_step, cpu_step = time.time(), time.process_time()
@@ -239,37 +244,52 @@ try:
                     # 3. log-probs: policy (with grad), old (ratio 1 when each batch is used once), reference
                     t0 = time.time()
                     logits = completion_logits(policy, ids, mask, media, completion, c_mask)
-                    logp = token_logprobs(logits, completion)
+                    logp = rewards.token_logprobs(logits, completion, TEMPERATURE)
                     if update == 0:
                         old_logp = logp.detach()
                         ref_logp = None
                         if ref is not None:
                             with torch.no_grad():
                                 ref_logits = completion_logits(ref, ids, mask, media, completion, c_mask)
-                                ref_logp = token_logprobs(ref_logits, completion)
+                                ref_logp = rewards.token_logprobs(ref_logits, completion, TEMPERATURE)
                         timing["fwd_bwd_s"] += time.time() - t0
 
                         # 4. teacher-forced fast pass -> R+ and R- (Eq. 8-11)
                         t0 = time.time()
-                        zeros = [0.0] * len(texts)
-                        r["cali_pos"], r["cali_neg"] = (calibration(rows, fast, fast_mask, media, completions, logits)
-                                                        if calibrate else (zeros, zeros))
+                        if calibrate:
+                            r.update(calibration(rows, fast, fast_mask, media, completions, logits))
                         timing["fast_s"] += time.time() - t0
                         t0 = time.time()
 
                         # 5. advantages within each prompt's group (rows of G), then Eq. (3)
                         grouped = {k: torch.tensor(v, device=device).view(-1, G) for k, v in r.items()}
                         adv = rewards.advantages(VARIANT, grouped, LAMBDA_CALI, LAMBDA_FMT).flatten()
-                    loss, s = rewards.grpo_loss(logp, old_logp, adv, c_mask, ref_logp, ETA, BETA, AGGREGATION)
+                        if master and LOG_COMPLETIONS_EVERY and (step + 1) % LOG_COMPLETIONS_EVERY == 0:
+                            log_completions(rows, texts, c_mask, r, adv, micro * PROMPTS)
+                    loss, s = rewards.grpo_loss(logp, old_logp, adv, c_mask, ref_logp, ETA, BETA, AGGREGATION,
+                                                MAX_NEW_TOKENS)
                     accelerator.backward(loss)  # divides by GRAD_ACCUM
                     if accelerator.sync_gradients:
                         grad_norm = accelerator.clip_grad_norm_(policy.parameters(), GRAD_CLIP)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     timing["fwd_bwd_s"] += time.time() - t0
-            stats.append({"loss": loss.item(), **s, **{k: sum(v) / len(v) for k, v in r.items()},
-                          "completion_len": c_mask.sum(1).float().mean().item(),
-                          "zero_var_groups": (adv.view(-1, G) == 0).all(1).float().mean().item()})
+            means = {k: v.mean().item() for k, v in grouped.items()}
+            if calibrate:  # R+ (R-) averaged where E+ (E-) exists; the share of answers with a signal
+                for key, has in (("cali_pos", "has_pos"), ("cali_neg", "has_neg")):
+                    means[key] = (grouped[key] * grouped[has]).sum().item() / max(1.0, grouped[has].sum().item())
+                means["cali_coverage"] = ((grouped["has_pos"] + grouped["has_neg"]) > 0).float().mean().item()
+                answered = sum(bool(wheel.parse_answer(t)) for t in texts)
+                if answered and not means["cali_coverage"] and master and not warned_coverage:
+                    warned_coverage = True
+                    print(f"warning: step {step + 1}: {answered} completions answer, but none got a calibration "
+                          "signal (cali_coverage 0): no answer word maps to a wheel, or the answer does not start "
+                          "on a token boundary (see mer.add_tag_tokens)")
+            # task-reward ties: groups whose R_R, R_P and format are all equal (calibration aside)
+            ties = [(grouped[k] == grouped[k][:, :1]).all(1) for k in ("recall", "precision", "format")]
+            stats.append({"loss": loss.item(), **s, **means, "completion_len": c_mask.sum(1).float().mean().item(),
+                          "zero_var_groups": (adv.view(-1, G) == 0).all(1).float().mean().item(),
+                          "tied_groups": (ties[0] & ties[1] & ties[2]).float().mean().item()})
         step += 1
         # 6. log (averaged over micro-batches and processes)
         rec = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}

@@ -29,6 +29,7 @@ MAX_SAMPLES = 1000        # then keep N of them (0: all); GRPO skips these
 SKIP_MISSING_MEDIA = False
 MAX_LEN = 384             # tokens per sample (prompt + target)
 FAST_FRACTION = 0.2       # share of samples trained in fast mode (answer right after <think></think><answer>)
+TAG_TOKENS = True         # <think>, </think>, <answer>, </answer> become single tokens (mer.add_tag_tokens)
 # model
 MODEL = "smollm2"         # smollm2 | tiny | tiny-omni | a from_pretrained name or folder (Qwen/Qwen2.5-Omni-7B)
 # optimizer
@@ -71,6 +72,8 @@ total_steps = MAX_STEPS or EPOCHS * len(samples) // per_step
 ckpt = mer.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME else None
 model, tokenizer = mer.load_model(ckpt or MODEL)
 processor = mer.load_processor(ckpt or MODEL)  # None for text-only models
+if TAG_TOKENS and mer.add_tag_tokens(model, tokenizer) and processor is not None:
+    processor.tokenizer = tokenizer  # prompts go through the processor's tokenizer, saved with it
 optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
 step = 0
 if ckpt:

@@ -145,17 +145,19 @@ def _load_official(path):
     forms = defaultdict(list)
     with open(os.path.join(path, "format.csv"), newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            for form in row["format"].split(","):
-                if _clean(form) and _clean(row["name"]) not in forms[_clean(form)]:
-                    forms[_clean(form)].append(_clean(row["name"]))
+            name = _clean(row["name"])
+            for form in [name] + row["format"].split(","):  # the official loader maps each name to itself
+                if _clean(form) and name not in forms[_clean(form)]:
+                    forms[_clean(form)].append(name)
     return Wheels(path, True, level1, {k: sorted(v) for k, v in raw.items()}, forms=dict(forms))
 
 
 def F_l1(word, wheels):
-    """Eq. (35), F_l1: morphological normalisation. A surface form -> list of lemmas."""
-    w = " ".join(_clean(word).split())
+    """Eq. (35), F_l1: morphological normalisation. A surface form -> list of lemmas. With the
+    official files, exactly the official lookup: lowercase and strip, nothing else."""
     if wheels.official:
-        return wheels.forms.get(w, [])
+        return wheels.forms.get(_clean(word), [])
+    w = " ".join(_clean(word).split())
     for prefix in INTENSIFIERS:
         if w.startswith(prefix + " ") and w[len(prefix) + 1:] in wheels.vocab:
             w = w[len(prefix) + 1:]

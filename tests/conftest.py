@@ -19,3 +19,42 @@ def shared_prompt_gap(model, ids, mask, media, row_media, completion, c_mask, n)
         shared = mer.continuation_logits(model, ids, mask, media, completion, c_mask, n)
     assert shared.shape == full.shape
     return ((shared - full).abs() * c_mask[..., None]).max().item()
+
+
+def reference_advantages(variant, g, lam_cali, lam_fmt, eps, zero_std):
+    """Every variant's advantage for one group, written out in numpy from the definitions (README's
+    decisions): `g` maps reward names to arrays of G values; A+ (A-) is normalised over the
+    completions with E+ (E-), a missing R+ / R- is its group's mean in the reward-space variants."""
+    import numpy as np
+
+    def norm(x, m=None):
+        x = np.asarray(x, dtype=np.float64)
+        m = np.ones(len(x), bool) if m is None else np.asarray(m, bool)
+        out = np.zeros_like(x)
+        if m.any() and x[m].std() > zero_std:
+            out[m] = (x[m] - x[m].mean()) / (x[m].std() + eps)
+        return out
+
+    def fill(x, m):
+        x, m = np.asarray(x, dtype=np.float64), np.asarray(m, bool)
+        return np.where(m, x, x[m].mean() if m.any() else 0.0)
+
+    dual = norm(g["recall"]) + norm(g["precision"])
+    fmt = lam_fmt * norm(g["format"])
+    if variant == "baseline":
+        return norm(np.add(g["f1"], g["format"]))
+    if variant == "rd":
+        return norm(np.add(np.add(g["recall"], g["precision"]), g["format"]))
+    if variant == "rd_ad":
+        return dual + fmt
+    has_pos, has_neg = np.asarray(g["has_pos"]) > 0, np.asarray(g["has_neg"]) > 0
+    pos, neg = fill(g["cali_pos"], has_pos), fill(g["cali_neg"], has_neg)
+    if variant in ("mer_r1", "a1"):
+        return dual + lam_cali * (norm(g["cali_pos"], has_pos) + norm(g["cali_neg"], has_neg)) + fmt
+    if variant == "a2":
+        return dual + lam_cali * norm(g["cali_pos"], has_pos) + fmt
+    if variant == "b1":
+        return dual + lam_cali * norm(pos + neg, has_pos | has_neg) + fmt
+    if variant == "b2":
+        return norm(np.asarray(g["recall"]) + lam_cali * pos) + norm(np.asarray(g["precision"]) + lam_cali * neg) + fmt
+    raise ValueError(variant)

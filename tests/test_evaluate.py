@@ -118,6 +118,32 @@ def test_score_only_command_on_official_wheels(tmp_path):
     assert result == {"f1": 60.0, "precision": 60.0, "recall": 60.0, "n": 2}
 
 
+@pytest.mark.skipif(not os.path.isdir(OFFICIAL_WHEELS), reason="official wheel files not present")
+def test_official_regression_on_the_public_check_set():
+    check = os.path.join(OFFICIAL_WHEELS, "check")
+    preds = {n: wheel.string_to_list(v) for n, v in
+             E.read_name_column_csv(os.path.join(check, "affectgpt_ckpt60_preds.csv"), "openset").items()}
+    labels = {n: wheel.string_to_list(v) for n, v in
+              E.read_name_column_csv(os.path.join(check, "ovmerd_check_labels.csv"), "openset").items()}
+    s = E.ew_scores(preds, labels, wheel.load_wheels(OFFICIAL_WHEELS))
+    # the official evaluator's figures for AffectGPT's released predictions
+    assert (round(s["f1"], 4), round(s["precision"], 4), round(s["recall"], 4)) == (61.7384, 57.9527, 66.1346)
+    assert s["n_per_wheel"] == [327, 328, 324, 327, 316]
+
+
+def test_table_means_f1_based_and_hit_based():
+    results = {"test_fine": {"slow": {"scores": {"f1": 80.0, "precision": 0, "recall": 0}}},
+               "test_basic": {"slow": {"scores": {"hit": 90.0, "f1": 60.0}}},
+               "test_sentiment": {"slow": {"scores": {"waf": 70.0}}}}
+    splits = ["test_fine", "test_basic", "test_sentiment"]
+    m = E.table_means(results, splits, "slow")
+    # F1-based (Table 3): (80 + 60) / 2 and (80 + 60 + 70) / 3; HIT-based: 90 replaces 60
+    assert m == {"r_mean_f1": 70.0, "mean_f1": 70.0, "r_mean_hit": 85.0, "mean_hit": 80.0}
+    rows = E.table(results, splits, ["slow"]).splitlines()
+    assert rows[0].startswith("| mode | test_fine (F1) | test_basic (HIT) | test_basic (F1) | test_sentiment (WAF) |")
+    assert rows[2] == "| slow | 80.00 | 90.00 | 60.00 | 70.00 | 70.00 | 70.00 | 85.00 | 80.00 |"
+
+
 # ---------------------------------------------------------------------------------------
 # Diagnostics and the generation harness
 

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -11,7 +12,7 @@ from transformers import AutoModelForCausalLM
 import mer
 import rewards
 import wheel
-from conftest import ROOT, shared_prompt_gap
+from conftest import ROOT, reference_advantages, shared_prompt_gap
 
 SMALL = ["--max_samples=32", "--skip_samples=0", "--max_new_tokens=100", "--precision=fp32", "--save_every=100", "--threads=1"]
 
@@ -131,20 +132,36 @@ def test_one_step_changes_weights_and_logs_finite_values(tiny_sft, tmp_path):
     assert len(steps) == 2
     for rec in steps:
         for key in ("recall", "precision", "f1", "format", "cali_pos", "cali_neg", "kl", "clip_frac",
-                    "completion_len", "zero_var_groups", "generate_s", "fwd_bwd_s", "fast_s", "loss", "grad_norm"):
+                    "completion_len", "zero_var_groups", "tied_groups", "cali_coverage", "generate_s", "fwd_bwd_s", "fast_s", "loss", "grad_norm"):
             assert math.isfinite(rec[key]), key
+        assert rec["ratio_dev"] == 0.0  # each batch used once: ratio 1
     assert any(r["zero_var_groups"] < 1 for r in steps)
     before, after = _weights(tiny_sft), _weights(tmp_path / "last")
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("variant", ["baseline", "a1", "b2"])
-def test_other_variants_run(tiny_sft, tmp_path, variant):
-    _run([f"--init={tiny_sft}", f"--out_dir={tmp_path}", "--max_steps=1", f"--variant={variant}", "--beta=0", *SMALL])
+@pytest.mark.parametrize("variant", rewards.VARIANTS)
+def test_each_variant_gives_its_advantage_in_the_run(tiny_sft, tmp_path, variant):
+    # the logged rewards of every completion, through an independent numpy reference of the
+    # variant's definition, must give the advantage the run trained with
+    _run([f"--init={tiny_sft}", f"--out_dir={tmp_path}", "--max_steps=1", f"--variant={variant}", "--beta=0",
+          "--log_completions_every=1", "--prompts=4", *SMALL])
     rec = _log(tmp_path)[0]
     assert math.isfinite(rec["loss"]) and rec["kl"] == 0.0
-    if variant == "baseline":
-        assert rec["cali_pos"] == rec["cali_neg"] == 0.0   # no fast pass for uncalibrated variants
+    done = [json.loads(l) for l in open(tmp_path / "completions.jsonl")]
+    assert len(done) == 4 * 4 and {d["step"] for d in done} == {1}
+    for group in range(4):
+        rows = [d for d in done if d["group"] == group]
+        assert len({d["prompt"] for d in rows}) == 1 and len(rows) == 4
+        g = {k: np.array([d[k] for d in rows]) for k in rows[0] if isinstance(rows[0][k], float)}
+        expected = reference_advantages(variant, g, 0.1, 0.1, rewards.EPS, rewards.ZERO_STD)
+        assert [d["advantage"] for d in rows] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert any(abs(d["advantage"]) > 0.1 for d in done)
+    if variant in rewards.CALIBRATED:
+        # the tags are single tokens after SFT: answers get a calibration signal
+        assert rec["cali_coverage"] > 0 and all(k in done[0] for k in ("cali_pos", "has_pos", "has_neg"))
+    else:
+        assert "cali_pos" not in rec and "cali_pos" not in done[0]  # no fast pass for uncalibrated variants
 
 
 def test_zero_variance_groups_give_zero_advantage_and_no_nan(tmp_path):
@@ -157,7 +174,10 @@ def test_zero_variance_groups_give_zero_advantage_and_no_nan(tmp_path):
 def test_several_updates_per_batch(tiny_sft, tmp_path):
     _run([f"--init={tiny_sft}", f"--out_dir={tmp_path}", "--max_steps=1", "--updates_per_batch=3", "--lr=1e-3", *SMALL])
     rec = _log(tmp_path)[0]
-    assert math.isfinite(rec["loss"]) and rec["kl"] > 0 and 0 <= rec["clip_frac"] <= 1
+    # the old log-probs stay those of the sampling policy: by the 3rd update the ratio has left 1
+    # and clipping engages (both would be 0 if the old log-probs were refreshed each update)
+    assert math.isfinite(rec["loss"]) and rec["kl"] > 0
+    assert rec["ratio_dev"] > 0.05 and 0 < rec["clip_frac"] <= 1
 
 
 def test_resume_reaches_the_same_weights(tiny_sft, tmp_path):

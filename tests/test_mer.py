@@ -220,3 +220,60 @@ def test_batch_at_is_a_fixed_stream_split_over_ranks():
     assert sorted(first_epoch) == samples                          # each epoch is a permutation
     assert mer.batch_at(samples, 3, 4, 0, rank=0, world=2) + mer.batch_at(samples, 3, 4, 0, rank=1, world=2) \
         == [full[0], full[2], full[1], full[3]]
+
+
+# Qwen2's pre-tokenizer regex: punctuation glues to the letters after it, so ">happy" is one
+# pre-token and BPE may merge it into one token
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+               r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _qwen2_style_tokenizer():
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    words = ("happy", "angry", "relieved")
+    texts = ([f"She smiles.</think><answer>{w}, sad</answer>" for w in words] + list(words)) * 50
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|im_end|>"],
+                                                       show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>")
+
+
+def test_tag_tokens_make_the_answer_start_a_token_boundary_under_qwen2_pre_tokenization():
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    import wheel
+    tok = _qwen2_style_tokenizer()
+    text = "She smiles.</think><answer>happy, sad</answer>"
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    # the failure: `<answer>` and the first word share a token, so there is no answer start
+    assert ">happy" in [tok.decode([i]) for i in ids]
+    assert mer.fast_answer(ids, tok) is None
+    model = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                                         num_hidden_layers=1, num_attention_heads=2))
+    before = model.get_input_embeddings().weight.detach().clone()
+    head_before = model.get_output_embeddings().weight.detach().clone()
+    pieces = tok("<answer>", add_special_tokens=False)["input_ids"]
+    assert len(pieces) > 1
+    assert mer.add_tag_tokens(model, tok) == 4 and mer.add_tag_tokens(model, tok) == 0
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert [tok.decode([i]) for i in ids][-7:] == ["</think>", "<answer>", "happy", ",", " sad", "</answer>", "<|im_end|>"]
+    answer, words = mer.fast_answer(ids, tok)
+    assert [w for w, _, _, _ in words] == ["happy", "sad"]
+    j = words[0][1]
+    assert tok.decode([ids[j]]) == "happy" and ids[j - 1] == tok.convert_tokens_to_ids("<answer>")
+    # V(c) of Eq. (1), bare (right after <answer>), holds exactly that token
+    wheels = wheel.load_wheels()
+    assert ids[j] in mer.category_first_tokens(wheels, 1, tok, False)[wheel.G_w("happy", wheels, 1)]
+    # new embedding rows start as the mean of the pieces the tag was cut into; old rows are kept
+    emb = model.get_input_embeddings().weight
+    assert torch.equal(emb[:len(before)], before)
+    i = tok.convert_tokens_to_ids("<answer>")
+    assert emb.shape[0] == len(tok) and i >= len(before)
+    assert torch.allclose(emb[i], before[pieces].mean(0))
+    assert torch.allclose(model.get_output_embeddings().weight[i], head_before[pieces].mean(0))

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import rewards as R
+from conftest import reference_advantages
 
 
 def test_category_log_confidence_unique_ids():
@@ -71,29 +72,57 @@ def _norm(x):
     return np.zeros_like(x) if s <= R.ZERO_STD else (x - x.mean()) / (s + R.EPS)
 
 
-GROUP = {"recall": [1.0, 0.5, 0.0, 0.5], "precision": [0.5, 0.5, 0.0, 1.0], "f1": [2 / 3, 0.5, 0.0, 2 / 3],
-         "format": [1.0, 1.0, 0.0, 1.0], "cali_pos": [0.2, -0.1, 0.0, 0.4], "cali_neg": [0.0, 0.3, 0.0, -0.2]}
+# completion 3 answers nothing (no E+, no E-); completion 1 has only E+, completion 4 only E-
+GROUP = {"recall": [1.0, 0.5, 0.0, 0.5], "precision": [1.0, 0.5, 0.0, 1.0], "f1": [1.0, 0.5, 0.0, 2 / 3],
+         "format": [1.0, 1.0, 0.0, 1.0], "cali_pos": [0.2, -0.1, 0.0, 0.0], "cali_neg": [0.0, 0.3, 0.0, -0.2],
+         "has_pos": [1.0, 1.0, 0.0, 0.0], "has_neg": [0.0, 1.0, 0.0, 1.0]}
 
 
 @pytest.mark.parametrize("variant", R.VARIANTS)
 def test_every_variant_matches_its_definition(variant):
-    g = {k: np.array(v) for k, v in GROUP.items()}
-    n, lc, lf = _norm, 0.3, 0.2
-    dual = n(g["recall"]) + n(g["precision"])
-    expected = {
-        "baseline": n(g["f1"] + g["format"]),
-        "rd": n(g["recall"] + g["precision"] + g["format"]),
-        "rd_ad": dual + lf * n(g["format"]),
-        "mer_r1": dual + lc * (n(g["cali_pos"]) + n(g["cali_neg"])) + lf * n(g["format"]),
-        "a1": dual + lc * (n(g["cali_pos"]) + n(g["cali_neg"])) + lf * n(g["format"]),
-        "a2": dual + lc * n(g["cali_pos"]) + lf * n(g["format"]),
-        "b1": dual + lc * n(g["cali_pos"] + g["cali_neg"]) + lf * n(g["format"]),
-        "b2": n(g["recall"] + lc * g["cali_pos"]) + n(g["precision"] + lc * g["cali_neg"]) + lf * n(g["format"]),
-    }[variant]
+    lc, lf = 0.3, 0.2
+    expected = reference_advantages(variant, {k: np.array(v) for k, v in GROUP.items()}, lc, lf, R.EPS, R.ZERO_STD)
     r = {k: torch.tensor([v]) for k, v in GROUP.items()}
     got = R.advantages(variant, r, lam_cali=lc, lam_fmt=lf)
     assert got.shape == (1, 4)
     assert got[0].tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+    # the completion with neither E+ nor E- gets no calibration advantage at all
+    if variant in ("mer_r1", "a1", "a2", "b1"):
+        assert (got - R.advantages("rd_ad", r, lam_cali=lc, lam_fmt=lf))[0, 2].item() == 0.0
+
+
+def test_variant_advantages_on_a_hand_computed_group():
+    # two completions: one with recall 1 and precision 1, one with recall 0 and precision 0
+    ones = lambda *v: torch.tensor([list(v)])  # noqa: E731
+    r = {"recall": ones(1.0, 0.0), "precision": ones(1.0, 0.0), "f1": ones(1.0, 0.0), "format": ones(1.0, 1.0),
+         "cali_pos": ones(0.5, 0.0), "cali_neg": ones(0.0, 0.2), "has_pos": ones(1.0, 0.0), "has_neg": ones(0.0, 1.0)}
+    a = 0.5 / (0.5 + R.EPS)  # a group of two values normalises to +-0.5 / (0.5 + eps)
+    assert R.advantages("baseline", r)[0].tolist() == pytest.approx([a, -a])
+    assert R.advantages("rd_ad", r)[0].tolist() == pytest.approx([2 * a, -2 * a])
+    # each completion is alone in its E+ / E- group: A+ = A- = 0, so MER-R1 equals RD+AD here
+    assert R.advantages("mer_r1", r)[0].tolist() == pytest.approx([2 * a, -2 * a])
+
+
+def test_empty_calibration_sets_do_not_invert_the_incentive():
+    # R+ usually < 0 (Finding 2): with R+ = 0 for an empty E+, the completion with no correct word
+    # used to get the highest A+ (+1.73); masked, it gets 0 and the others tie at 0
+    t = lambda v: torch.tensor([v])  # noqa: E731
+    assert R.group_normalize(t([-0.5, -0.5, 0.0, -0.5]))[0, 2].item() == pytest.approx(1.732, abs=1e-3)
+    assert R.group_normalize(t([-0.5, -0.5, 0.0, -0.5]), t([1, 1, 0, 1]))[0].tolist() == [0.0] * 4
+    # R- = [(empty), 1, 1, 1]: the perfectly precise completion used to get A- = -1.73
+    assert R.group_normalize(t([0.0, 1.0, 1.0, 1.0]))[0, 0].item() == pytest.approx(-1.732, abs=1e-3)
+    assert R.group_normalize(t([0.0, 1.0, 1.0, 1.0]), t([0, 1, 1, 1]))[0].tolist() == [0.0] * 4
+    # only one completion has E+: nothing to compare it with, A+ = 0 for all
+    assert R.group_normalize(t([0.0, 0.0, 0.7, 0.0]), t([0, 0, 1, 0]))[0].tolist() == [0.0] * 4
+    # masked normalisation runs over the present entries only: [1, 3] -> [-1, 1] (up to eps)
+    got = R.group_normalize(t([1.0, 9.0, 3.0, 0.0]), t([1, 0, 1, 0]))[0].tolist()
+    assert got == pytest.approx([-1 / (1 + R.EPS), 0.0, 1 / (1 + R.EPS), 0.0])
+    # through advantages(): the empty-E+ completion's A+ is 0 (MER-R1 minus RD+AD = l_cali * A_cali)
+    r = {"recall": t([0.5] * 4), "precision": t([0.5] * 4), "f1": t([0.5] * 4), "format": t([1.0] * 4),
+         "cali_pos": t([-0.5, -0.5, 0.0, -0.5]), "cali_neg": t([0.0] * 4),
+         "has_pos": t([1.0, 1.0, 0.0, 1.0]), "has_neg": t([0.0] * 4)}
+    assert R.advantages("mer_r1", r)[0].tolist() == [0.0] * 4
+    assert R.fill_missing(t([-0.5, -0.3, 0.0, 9.0]), t([1, 1, 0, 0]))[0].tolist() == pytest.approx([-0.5, -0.3, -0.4, -0.4])
 
 
 def test_unknown_variant_is_an_error():
@@ -153,8 +182,31 @@ def test_slow_fast_gap_and_calibration_rewards():
     assert R.calibration_rewards([0.5], ["happy"], {"happy"}) == (0.5, 0.0, True, False)
     assert R.calibration_rewards([], [], {"happy"}) == (0.0, 0.0, False, False)
     assert R.wheel_calibration_rewards([(0.5, 0.0, True, False), (0.1, -0.4, True, True), (0.0, 0.0, False, False)]) \
-        == (pytest.approx(0.3), pytest.approx(-0.4))
-    assert R.wheel_calibration_rewards([(0.0, 0.0, False, False)]) == (0.0, 0.0)
+        == (pytest.approx(0.3), pytest.approx(-0.4), True, True)
+    assert R.wheel_calibration_rewards([(0.0, 0.0, False, False)]) == (0.0, 0.0, False, False)
+
+
+def test_completion_calibration_skips_wheels_whose_ground_truth_maps_to_nothing():
+    slow = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1]]))
+    fast = torch.log(torch.tensor([[0.25, 0.25, 0.25, 0.25], [0.1, 0.1, 0.1, 0.7]]))
+    tables = [{"happy": [1, 2], "sad": [3]}] * 2
+    # wheel 1 knows the ground truth (happy): word 0 is in E+, word 1 in E-
+    #   Delta(happy) = log(0.5) - log(0.5) = 0; Delta(sad) at word 1 = log(0.1) - log(0.7)
+    # wheel 2: the ground truth maps to nothing; without skipping, both words would land in E-
+    r_pos, r_neg, has_pos, has_neg = R.completion_calibration(
+        slow, fast, [1, 3], [["happy", "sad"], ["happy", "sad"]], [tables, tables], [{"happy"}, set()])
+    assert (r_pos, has_pos, has_neg) == (pytest.approx(0.0), True, True)
+    assert r_neg == pytest.approx(-(math.log(0.1) - math.log(0.7)))
+    # no wheel knows the ground truth: no signal at all
+    assert R.completion_calibration(slow, fast, [1, 3], [["happy", "sad"]], [tables], [set()]) == (0.0, 0.0, False, False)
+    # two wheels with a ground truth: R+ averages over the wheels with E+ only (wheel 2 has none)
+    r_pos, r_neg, has_pos, has_neg = R.completion_calibration(
+        slow, fast, [1, 3], [["happy", "sad"], ["sad", "sad"]], [tables, tables], [{"happy"}, {"happy"}])
+    assert has_pos and r_pos == pytest.approx(0.0)
+    # R-: wheel 1 gives -Delta(word 1); wheel 2 the mean of -Delta over both words (sad has id 3)
+    w1 = -math.log(0.1 / 0.7)
+    w2 = -(math.log(0.4 / 0.25) + math.log(0.1 / 0.7)) / 2
+    assert has_neg and r_neg == pytest.approx((w1 + w2) / 2)
 
 
 def test_word_gaps_category_and_word_level():
@@ -173,7 +225,7 @@ def test_word_gaps_category_and_word_level():
 
 
 def _direct_loss(logp, old, ref, adv, mask, eta, beta, aggregation):
-    per_seq, all_terms = [], []
+    per_seq, all_terms, per_seq_terms = [], [], []
     for i in range(len(logp)):
         terms = []
         for t in range(len(logp[i])):
@@ -184,11 +236,14 @@ def _direct_loss(logp, old, ref, adv, mask, eta, beta, aggregation):
             d = ref[i][t] - logp[i][t]
             terms.append(-surrogate + beta * (math.exp(d) - d - 1))
         per_seq.append(sum(terms) / len(terms))
+        per_seq_terms.append(terms)
         all_terms += terms
+    if aggregation == "constant":  # Dr. GRPO: each completion's token sum over a fixed length (here 4)
+        return sum(sum(t) for t in per_seq_terms) / 4 / len(per_seq_terms)
     return sum(per_seq) / len(per_seq) if aggregation == "sequence" else sum(all_terms) / len(all_terms)
 
 
-@pytest.mark.parametrize("aggregation", ["sequence", "token"])
+@pytest.mark.parametrize("aggregation", ["sequence", "token", "constant"])
 def test_grpo_loss_equals_direct_computation(aggregation):
     logp = [[-1.0, -2.0, -0.5], [-0.3, -1.2, -4.0]]
     old = [[-1.0, -2.5, -0.1], [-0.3, -0.6, -4.0]]      # ratios e^0.5 and e^-0.6 fall outside the clip
@@ -197,7 +252,7 @@ def test_grpo_loss_equals_direct_computation(aggregation):
     mask = [[1, 1, 1], [1, 1, 0]]
     t = lambda x: torch.tensor(x, dtype=torch.float64)
     loss, stats = R.grpo_loss(t(logp), t(old), t(adv), t(mask), ref_logp=t(ref), eta=0.2, beta=0.04,
-                              aggregation=aggregation)
+                              aggregation=aggregation, max_len=4)
     assert loss.item() == pytest.approx(_direct_loss(logp, old, ref, adv, mask, 0.2, 0.04, aggregation))
     # clipped tokens: (0,1) ratio e^0.5 > 1.2 with A > 0; (1,1) ratio e^-0.6 < 0.8 with A < 0
     assert stats["clip_frac"] == pytest.approx(2 / 5)
@@ -212,6 +267,6 @@ def test_grpo_loss_ratio_one_gradient_is_advantage_weighted():
     loss.backward()
     # d/dlogp of -(1/2) sum_i mean_t(r A) at r = 1 is -A_i / (2 |y_i|)
     assert logp.grad.flatten().tolist() == pytest.approx([-0.5, -0.5, 0.5, 0.0])
-    assert stats == {"kl": 0.0, "clip_frac": 0.0}
+    assert stats == {"kl": 0.0, "clip_frac": 0.0, "ratio_dev": 0.0}
     with pytest.raises(ValueError):
         R.grpo_loss(logp, logp, adv, mask, aggregation="batch")

@@ -119,7 +119,12 @@ def test_official_files_known_mappings():
     ow = wheel.load_wheels(OFFICIAL_WHEELS)
     assert [len(m) for m in ow.level1] == [114, 126, 78, 102, 77]
     assert len(ow.synonyms) == 1255
-    assert len(ow.forms) == 7385   # format.csv has 7,386 forms counting one empty one
+    # format.csv holds 7,385 non-empty surface forms; the official loader also maps every name to
+    # itself, which adds exactly one form: "no words", the one name whose format cell is empty
+    assert len(ow.forms) == 7386 and ow.forms["no words"] == ["no words"]
+    # the official lookup only lowercases and strips: punctuation makes a form unknown
+    assert wheel.G_w(" Happy ", ow, 0) == wheel.G_w("happy", ow, 0) == "happy"
+    assert wheel.G_w("happy.", ow, 0) is None and wheel.G_w("very  happy", ow, 0) is None
     assert wheel.G_w("frustrated", ow, 0) == "sad"
     assert wheel.G_w("happy", ow, 4) == "powerful"
     assert all(wheel.G_w("neutral", ow, k) is None for k in range(5))

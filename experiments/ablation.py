@@ -1,0 +1,268 @@
+"""Table 4 on a laptop: one SFT checkpoint, then GRPO variants x seeds from it, each evaluated.
+
+    python experiments/ablation.py              # run what is missing, then write experiments/RESULTS.md
+    python experiments/ablation.py --plan       # what remains, with its estimated time
+    python experiments/ablation.py --report     # only rewrite RESULTS.md from the finished runs
+    python experiments/ablation.py --variants=baseline,mer_r1 --seeds=1   # a subset (e.g. one per core)
+
+Resumable: every finished run leaves `RUNS/NAME/result.json` and is skipped next time; an
+interrupted run continues from its last checkpoint (train_grpo.py resumes by itself). Two
+runners may share the folder (a run being trained holds `RUNS/NAME/lock`). The recipe is the
+pair of config files below; the SFT-init row is the SFT checkpoint itself (greedy evaluation,
+so one number, std 0).
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from mer import configure  # noqa: E402
+
+RUNS = "experiments/runs"
+RESULTS = "experiments/RESULTS.md"
+SFT_CONFIG = "configs/cpu_rl_sft.py"
+GRPO_CONFIG = "configs/cpu_rl.py"
+VARIANTS = "baseline,rd,rd_ad,mer_r1,a1,a2,b1,b2"  # table rows in this order (the first four first)
+SEEDS = "0,1,2"
+FINE = "test_fine"                 # EW-F1, P, R, fast and slow, with the Section-3 diagnostics
+OTHER = "test_basic,test_sentiment"  # HIT and WAF
+OTHER_SAMPLES = 100                # per split of OTHER (0: all 300)
+THREADS = 0                        # per training / evaluation process (0: torch's default)
+KEEP_OPTIMIZER = False             # keep trainer_state.pt of finished runs (1 GB each for SmolLM2)
+PLAN = False
+REPORT = False
+ESTIMATE_S = {"sft": 600, "grpo": 900}  # before any run has finished here
+
+configure(globals())
+
+
+def run_dirs():
+    """[(name, kind, variant, seed)] in table order: SFT first, then variant-major, seed-minor."""
+    out = [("sft", "sft", "sft", None)]
+    for v in VARIANTS.split(","):
+        for s in str(SEEDS).split(","):
+            out.append((f"{v}_s{s}", "grpo", v, int(s)))
+    return out
+
+
+def sh(cmd, log):
+    """Run one command (from the repository root), its output appended to `log`; stop on failure."""
+    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        r = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+    if r.returncode != 0:
+        raise SystemExit(f"failed ({r.returncode}): {' '.join(cmd)}; see {log}")
+
+
+def evaluate(ckpt, out, log):
+    """Slow and fast on FINE (diagnostics on), then OTHER in both modes on OTHER_SAMPLES each."""
+    py, threads = sys.executable, [f"--threads={THREADS}"] if THREADS else []
+    sh([py, "evaluate.py", f"--ckpt={ckpt}", f"--splits={FINE}", f"--out_dir={out}/fine", "--grpo_log=", *threads], log)
+    sh([py, "evaluate.py", f"--ckpt={ckpt}", f"--splits={OTHER}", f"--out_dir={out}/other", "--grpo_log=",
+        "--diagnostics=False", f"--max_samples={OTHER_SAMPLES}", *threads], log)
+    fine = json.load(open(os.path.join(ROOT, out, "fine", "summary.json")))["results"]
+    other = json.load(open(os.path.join(ROOT, out, "other", "summary.json")))["results"]
+    return {**fine, **other}
+
+
+def train(name, kind, variant, seed, log):
+    """The training command of one run; returns its checkpoint folder."""
+    out, threads = f"{RUNS}/{name}", [f"--threads={THREADS}"] if THREADS else []
+    if kind == "sft":
+        sh([sys.executable, "train_sft.py", SFT_CONFIG, f"--out_dir={out}", *threads], log)
+    else:
+        sh([sys.executable, "train_grpo.py", GRPO_CONFIG, f"--init={RUNS}/sft/last", f"--variant={variant}",
+            f"--seed={seed}", f"--out_dir={out}", *threads], log)
+    return f"{out}/last"
+
+
+def finished():
+    """{name: result} of the runs that left a result file."""
+    out = {}
+    for name, *_ in run_dirs():
+        path = os.path.join(ROOT, RUNS, name, "result.json")
+        if os.path.isfile(path):
+            out[name] = json.load(open(path))
+    return out
+
+
+def estimate(kind, done):
+    """Seconds for a run of this kind: the median of those finished here, else ESTIMATE_S."""
+    times = sorted(r["seconds"] for r in done.values() if r["kind"] == kind)
+    return times[len(times) // 2] if times else ESTIMATE_S[kind]
+
+
+def run_all():
+    for name, kind, variant, seed in run_dirs():
+        folder = os.path.join(ROOT, RUNS, name)
+        if os.path.isfile(os.path.join(folder, "result.json")):
+            continue
+        if kind == "grpo" and not os.path.isfile(os.path.join(ROOT, RUNS, "sft", "result.json")):
+            print(f"{name}: waiting for the SFT run (run the runner without a subset first)")
+            return
+        os.makedirs(folder, exist_ok=True)
+        lock = os.path.join(folder, "lock")
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            print(f"{name}: another runner holds {lock} (delete it if none runs)")
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        try:
+            t0 = time.time()
+            print(f"{name}: training ({time.strftime('%H:%M')})", flush=True)
+            log = os.path.join(folder, "commands.log")
+            ckpt = train(name, kind, variant, seed, log)
+            print(f"{name}: evaluating", flush=True)
+            scores = evaluate(ckpt, f"{RUNS}/{name}/eval", log)
+            if not KEEP_OPTIMIZER:  # the model stays (the checkpoint still loads); its optimizer goes
+                state = os.path.join(ROOT, ckpt, "trainer_state.pt")
+                if os.path.isfile(state):
+                    os.remove(state)
+            result = {"name": name, "kind": kind, "variant": variant, "seed": seed,
+                      "seconds": round(time.time() - t0), "results": scores}
+            tmp = os.path.join(folder, "result.json.tmp")
+            json.dump(result, open(tmp, "w"), indent=1)
+            os.replace(tmp, os.path.join(folder, "result.json"))
+            print(f"{name}: done in {result['seconds'] / 60:.1f} min", flush=True)
+        finally:
+            os.remove(lock)
+
+
+def plan():
+    done = finished()
+    todo = [(n, k) for n, k, _, _ in run_dirs() if n not in done]
+    total = sum(estimate(k, done) for _, k in todo)
+    print(f"{len(done)} runs finished, {len(todo)} to go, about {total / 3600:.1f} h on this machine")
+    for n, k in todo:
+        print(f"  {n:12s} ~{estimate(k, done) / 60:.0f} min")
+
+
+# ---------------------------------------------------------------------------------------
+# The report: Table-4 style, mean +- std over seeds, training curves, diagnostics
+
+def mean_std(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None
+    m = sum(xs) / len(xs)
+    return m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+
+
+def cell(xs):
+    m, s = mean_std(xs)
+    return "-" if m is None else f"{m:.2f} ± {s:.2f}" if len(xs) > 1 else f"{m:.2f}"
+
+
+def curves(name):
+    """(steps, R_R, R_P) of a GRPO run from its log.jsonl."""
+    path = os.path.join(ROOT, RUNS, name, "log.jsonl")
+    rows = [json.loads(l) for l in open(path)] if os.path.isfile(path) else []
+    rows = [r for r in rows if "step" in r and "event" not in r]
+    return [r["step"] for r in rows], [r["recall"] for r in rows], [r["precision"] for r in rows]
+
+
+def plot(groups):
+    """Fig.-7-style R_R and R_P per step, averaged over seeds and smoothed over 5 steps."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    for variant, names in groups.items():
+        runs = [curves(n) for n in names]
+        runs = [r for r in runs if r[0]]
+        if not runs:
+            continue
+        n = min(len(r[0]) for r in runs)
+        for a, k, title in ((ax[0], 1, "R_R (recall reward)"), (ax[1], 2, "R_P (precision reward)")):
+            mean = [sum(r[k][i] for r in runs) / len(runs) for i in range(n)]
+            smooth = [sum(mean[max(0, i - 4):i + 1]) / len(mean[max(0, i - 4):i + 1]) for i in range(n)]
+            a.plot(runs[0][0][:n], smooth, label=variant)
+            a.set_title(title)
+            a.set_xlabel("step")
+    ax[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(os.path.dirname(os.path.join(ROOT, RESULTS)), "training_curves.png")
+    fig.savefig(path, dpi=100)
+    return os.path.basename(path)
+
+
+def report():
+    done = finished()
+    rows = [("SFT init", ["sft"])]
+    for v in VARIANTS.split(","):
+        names = [f"{v}_s{s}" for s in str(SEEDS).split(",") if f"{v}_s{s}" in done]
+        if names:
+            rows.append((v, names))
+    get = lambda n, split, mode, key: (done[n]["results"].get(split, {}).get(mode, {}).get("scores", {})  # noqa: E731
+                                       .get(key) if n in done else None)
+    diag = lambda n, mode, key: done[n]["results"][FINE][mode].get(key) if n in done else None  # noqa: E731
+    basic, sentiment = OTHER.split(",")
+    lines = [f"| variant | seeds | {FINE} slow F1 | P | R | {FINE} fast F1 | P | R | {basic} HIT slow | fast "
+             f"| {sentiment} WAF slow | fast |", "|---" * 12 + "|"]
+    for label, names in rows:
+        vals = [cell([get(n, FINE, m, k) for n in names]) for m in ("slow", "fast") for k in ("f1", "precision", "recall")]
+        vals += [cell([get(n, basic, m, "hit") for n in names]) for m in ("slow", "fast")]
+        vals += [cell([get(n, sentiment, m, "waf") for n in names]) for m in ("slow", "fast")]
+        lines.append(f"| {label} | {len([n for n in names if n in done])} | " + " | ".join(vals) + " |")
+    gain = ["", "Slow-mode EW-F1 on test_fine against the SFT init (mean of the seeds' differences):", ""]
+    sft = get("sft", FINE, "slow", "f1")
+    for label, names in rows[1:]:
+        d = [get(n, FINE, "slow", "f1") - sft for n in names if sft is not None]
+        m, s = mean_std(d)
+        gain.append(f"- {label}: {m:+.2f} ± {s:.2f} over {len(d)} seeds" if m is not None else f"- {label}: -")
+    dl = ["", f"Section-3 diagnostics on {FINE} (Eq. 1-2, Fig. 8; mean over seeds):", "",
+          "| variant | conf_gt fast | conf_gt slow | margin fast | margin slow | retained hit-rate | categories/answer slow |",
+          "|---|---|---|---|---|---|---|"]
+    for label, names in rows:
+        vals = [cell([diag(n, m, k) for n in names]) for k in ("conf_gt", "margin") for m in ("fast", "slow")]
+        vals.append(cell([done[n]["results"][FINE].get("retained_hit_rate") for n in names if n in done]))
+        vals.append(cell([diag(n, "slow", "avg_categories") for n in names]))
+        lines_ = f"| {label} | " + " | ".join(vals) + " |"
+        dl.append(lines_)
+    tr = ["", "Training reward per block of steps (mean over seeds; R_R / R_P / format):", ""]
+    for label, names in rows[1:]:
+        runs = [curves(n) for n in names]
+        runs = [r for r in runs if r[0]]
+        if not runs:
+            continue
+        n = min(len(r[0]) for r in runs)
+        block = max(1, n // 4)
+        parts = []
+        for b in range(0, n - block + 1, block):
+            rr = sum(sum(r[1][b:b + block]) / block for r in runs) / len(runs)
+            rp = sum(sum(r[2][b:b + block]) / block for r in runs) / len(runs)
+            parts.append(f"steps {b + 1}-{b + block}: {rr:.3f} / {rp:.3f}")
+        tr.append(f"- {label}: " + "; ".join(parts))
+    picture = plot({label: names for label, names in rows[1:]})
+    text = [l for l in lines] + gain + dl + tr
+    if picture:
+        text += ["", f"![R_R and R_P over training steps]({picture})"]
+    return "\n".join(text) + "\n"
+
+
+if __name__ == "__main__":
+    if PLAN:
+        plan()
+    else:
+        if not REPORT:
+            run_all()
+        table = report()
+        # the generated part sits between two markers; the text around it is written by hand
+        path = os.path.join(ROOT, RESULTS)
+        old = open(path).read() if os.path.isfile(path) else "# Results\n\n<!-- table -->\n<!-- /table -->\n"
+        head, _, rest = old.partition("<!-- table -->")
+        tail = rest.partition("<!-- /table -->")[2]
+        with open(path, "w") as f:
+            f.write(head + "<!-- table -->\n" + table + "<!-- /table -->" + tail)
+        print(table)
