@@ -455,6 +455,7 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
         name, task = split_name(spec), task_of(spec)
         samples = mer.load_samples(spec, SKIP_MISSING_MEDIA)
         samples = samples[:MAX_SAMPLES] if MAX_SAMPLES else samples
+        unmapped = mer.report_unmapped(spec, samples, wheels) if task != "sentiment" else None
         if task == "sentiment":
             bad = [s["name"] for s in samples if "valence" not in s]
             if bad:
@@ -464,7 +465,7 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
         else:
             write_csv(os.path.join(out_dir, f"labels_{name}.csv"), ["name", "openset"],
                       [[s["name"], s.get("basic") or s["openset"] if task == "basic" else s["openset"]] for s in samples])
-        results[name] = {}
+        results[name] = {} if unmapped is None else {"unmapped_label_words": unmapped}
         for mode in modes:
             t0 = time.time()
             limit = MAX_NEW_TOKENS if mode == "slow" else FAST_MAX_NEW_TOKENS

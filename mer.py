@@ -271,6 +271,18 @@ def prompt_text(sample, tokenizer, mode="slow", media=False):
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
+def answer_needs_tag_tokens(tokenizer, words):
+    """True when some answer word would share a token with the `>` of `<answer>` before it (e.g.
+    with Qwen2's pre-tokenizer, which glues punctuation to the letters after it): then the answer
+    does not start on a token boundary, and add_tag_tokens is needed for the fast pass of Eq. (8)."""
+    for word in words:
+        ids = tokenizer("<answer>" + word, add_special_tokens=False)["input_ids"]
+        ends = [len(tokenizer.decode(ids[:j + 1], skip_special_tokens=True)) for j in range(len(ids))]
+        if len("<answer>") not in ends:
+            return True
+    return False
+
+
 def add_tag_tokens(model, tokenizer):
     """Make the four format tags single (non-special) tokens, so that an answer always starts on a
     token boundary: with Qwen2's pre-tokenizer `>happy` is one pre-token, which BPE may merge into
@@ -453,6 +465,27 @@ def load_samples(spec, skip_missing_media=False):
         return load_unibench(root, kind, skip_missing_media)
     raise SystemExit(f"unknown data spec {spec!r}: use a split name, a .jsonl file, or KIND:DIR with KIND in "
                      f"mercaptionplus, ovmerd, {', '.join(UNIBENCH)}")
+
+
+UNMAPPED_WARN = 0.10  # above this share of unmapped label words, the real-data report warns
+
+
+def report_unmapped(spec, samples, wheels):
+    """For a real layout (`KIND:DIR`): print once the share of label words that the wheels map to
+    nothing (they are invisible to the rewards and the metrics), warn above UNMAPPED_WARN with the
+    fix, and return the share; None for bundled splits and .jsonl files."""
+    kind, sep, _ = spec.partition(":")
+    if not sep or spec.endswith(".jsonl"):
+        return None
+    share, unmapped = wheel.coverage([wheel.string_to_list(s["openset"]) for s in samples if s.get("openset")], wheels)
+    top = ", ".join(w for w, _ in sorted(unmapped.items(), key=lambda t: -t[1])[:8])
+    print(f"{spec}: {100 * share:.1f}% of the label words map to nothing in the wheels of {wheels.source}"
+          + (f" (most frequent: {top})" if top else ""), file=sys.stderr)
+    if share > UNMAPPED_WARN:
+        print(f"warning: {spec}: over {100 * UNMAPPED_WARN:.0f}% of the label words are invisible to the rewards and "
+              f"metrics; extend data/wheels (python wheel.py --coverage=LABELS.csv lists them) or pass "
+              f"--wheels=DIR with the official MER-UniBench files", file=sys.stderr)
+    return share
 
 
 def select(samples, skip=0, take=0, seed=0):

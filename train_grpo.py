@@ -95,6 +95,7 @@ samples = mer.select(samples, SKIP_SAMPLES, MAX_SAMPLES)
 if not samples:
     raise SystemExit(f"{TRAIN}: no samples left after skip_samples={SKIP_SAMPLES}")
 wheels = wheel.load_wheels(WHEELS or None)
+unmapped = mer.report_unmapped(TRAIN, samples, wheels) if master else None
 reward_wheels = [int(k) - 1 for k in str(REWARD_WHEELS).split(",")]
 calibrate = VARIANT in rewards.CALIBRATED
 per_step = PROMPTS * GRAD_ACCUM * accelerator.num_processes
@@ -201,6 +202,8 @@ def save():
 
 os.makedirs(OUT_DIR, exist_ok=True)
 log = open(os.path.join(OUT_DIR, "log.jsonl"), "a") if master else None
+if unmapped is not None:
+    log.write(json.dumps({"event": "data", "train": TRAIN, "unmapped_label_words": unmapped}) + "\n")
 total_steps = MAX_STEPS or EPOCHS * len(samples) // per_step
 stop_at = min(total_steps, step + STOP_AFTER) if STOP_AFTER else total_steps
 bar = tqdm(total=total_steps, initial=step, desc=f"grpo {VARIANT}", disable=not master)

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 import mer
+import wheel
 
 # I/O
 OUT_DIR = "out/sft"
@@ -27,9 +28,11 @@ TRAIN = "train"           # a bundled split, a .jsonl file, or mercaptionplus:DI
 SKIP_SAMPLES = 0          # drop the first N of a fixed shuffle (GRPO: the samples SFT used)
 MAX_SAMPLES = 1000        # then keep N of them (0: all); GRPO skips these
 SKIP_MISSING_MEDIA = False
+WHEELS = ""               # wheels for the report of unmapped label words on real data (empty: ours)
 MAX_LEN = 384             # tokens per sample (prompt + target)
 FAST_FRACTION = 0.2       # share of samples trained in fast mode (answer right after <think></think><answer>)
-TAG_TOKENS = True         # <think>, </think>, <answer>, </answer> become single tokens (mer.add_tag_tokens)
+TAG_TOKENS = "auto"       # make <think>, </think>, <answer>, </answer> single tokens: auto (when an answer
+                          # would not start on a token boundary, e.g. Qwen2's tokenizer) | always | never
 # model
 MODEL = "smollm2"         # smollm2 | tiny | tiny-omni | a from_pretrained name or folder (Qwen/Qwen2.5-Omni-7B)
 # optimizer
@@ -61,6 +64,7 @@ torch.manual_seed(SEED)
 
 samples = mer.load_samples(TRAIN, SKIP_MISSING_MEDIA)
 samples = mer.select(samples, SKIP_SAMPLES, MAX_SAMPLES)
+unmapped = mer.report_unmapped(TRAIN, samples, wheel.load_wheels(WHEELS or None)) if master else None
 if not samples:
     raise SystemExit(f"{TRAIN}: no samples left after skip_samples={SKIP_SAMPLES}")
 missing = [s["name"] for s in samples if not s.get("reason") and FAST_FRACTION < 1]
@@ -72,7 +76,10 @@ total_steps = MAX_STEPS or EPOCHS * len(samples) // per_step
 ckpt = mer.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME else None
 model, tokenizer = mer.load_model(ckpt or MODEL)
 processor = mer.load_processor(ckpt or MODEL)  # None for text-only models
-if TAG_TOKENS and mer.add_tag_tokens(model, tokenizer) and processor is not None:
+if TAG_TOKENS not in ("auto", "always", "never"):
+    raise SystemExit(f"--tag_tokens={TAG_TOKENS!r}: choose auto, always or never")
+tags = TAG_TOKENS == "always" or (TAG_TOKENS == "auto" and mer.answer_needs_tag_tokens(tokenizer, wheel.load_wheels(WHEELS or None).vocab))
+if tags and mer.add_tag_tokens(model, tokenizer) and processor is not None:
     processor.tokenizer = tokenizer  # prompts go through the processor's tokenizer, saved with it
 optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
 step = 0
@@ -120,6 +127,8 @@ def save():
 
 os.makedirs(OUT_DIR, exist_ok=True)
 log = open(os.path.join(OUT_DIR, "log.jsonl"), "a") if master else None
+if unmapped is not None:
+    log.write(json.dumps({"event": "data", "train": TRAIN, "unmapped_label_words": unmapped}) + "\n")
 bar = tqdm(total=total_steps, initial=step, desc="sft", disable=not master)
 stop_at = min(total_steps, step + STOP_AFTER) if STOP_AFTER else total_steps
 model.train()

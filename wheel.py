@@ -39,9 +39,16 @@ SUFFIX_RULES = [
     ("iness", "y"), ("ily", "y"), ("ier", "y"), ("iest", "y"), ("ness", ""), ("fully", "ful"),
     ("ly", ""), ("ation", "ated"), ("ation", "ed"), ("ion", "ed"), ("ement", "ed"), ("ment", "ed"), ("ance", "ed"),
     ("osity", "ous"), ("ility", "ile"), ("ity", ""), ("edom", "ed"), ("ing", "ed"), ("ing", ""),
+    ("faction", "fied"), ("ure", "ed"), ("ism", "al"),
     ("ed", ""), ("er", ""), ("est", ""), ("s", ""), ("y", ""), ("", "ed"), ("", "d"), ("", "ful"),
     ("", "y"), ("", "ous"),
 ]
+# British spellings -> American (the wheels use American): humour -> humor, apologise -> apologize
+SPELLING = [("our", "or"), ("isation", "ization"), ("ise", "ize"), ("ising", "izing"), ("yse", "yze"),
+            ("lled", "led"), ("lling", "ling"), ("tre", "ter"), ("ll", "l")]
+# generic nouns after an emotion word name the same emotion: "positive emotions", "low mood"
+GENERIC_TAILS = ("emotions", "emotion", "feelings", "feeling", "moods", "mood", "attitude", "sentiment",
+                 "state", "tone", "expression", "vibe")
 INTENSIFIERS = ("very", "slightly", "extremely", "somewhat", "deeply", "mildly", "quite", "really",
                 "a bit", "a little", "rather", "highly", "so", "too", "more", "most", "feeling")
 
@@ -161,8 +168,23 @@ def F_l1(word, wheels):
     for prefix in INTENSIFIERS:
         if w.startswith(prefix + " ") and w[len(prefix) + 1:] in wheels.vocab:
             w = w[len(prefix) + 1:]
-    # Keep the word itself and add its lemma: a wheel may list the noun ("excitement") while
-    # another lists only the adjective ("excited").
+    for tail in GENERIC_TAILS:
+        if w.endswith(" " + tail):
+            w = w[:-len(tail) - 1]
+            break
+    lemmas = _lemmas(w, wheels)
+    if w not in wheels.vocab and len(lemmas) == 1:
+        for british, american in SPELLING:
+            variant = w.replace(british, american)
+            if variant != w and (variant in wheels.vocab or len(_lemmas(variant, wheels)) > 1):
+                return [w] + _lemmas(variant, wheels)
+    return lemmas
+
+
+def _lemmas(w, wheels):
+    """Our F_l1 on a cleaned word: the word itself and, when a rule reaches a known word, its lemma.
+    Keep the word itself: a wheel may list the noun ("excitement") while another lists only the
+    adjective ("excited")."""
     if w in IRREGULAR:
         return [w, IRREGULAR[w]]
     for suffix, repl in SUFFIX_RULES:
@@ -238,3 +260,42 @@ def string_to_list(s):
     if s.endswith("]"):
         s = s[:-1]
     return [item.strip() for item in re.split(r"['\",]", s) if item.strip()]
+
+
+def coverage(word_lists, wheels):
+    """How much of a label vocabulary the wheels map: (share of word tokens that map to nothing in
+    every wheel, {unmapped word: count}). `word_lists` holds one list of words per sample."""
+    counts = {}
+    for words in word_lists:
+        for w in words:
+            w = _clean(w)
+            if w:
+                counts[w] = counts.get(w, 0) + 1
+    unmapped = {w: c for w, c in counts.items() if all(G_w(w, wheels, k) is None for k in range(len(wheels.level1)))}
+    total = sum(counts.values())
+    return (sum(unmapped.values()) / total if total else 0.0), unmapped
+
+
+if __name__ == "__main__":
+    # python wheel.py --coverage=LABELS.csv [--wheels=DIR]: the share of label words the wheels leave
+    # unmapped (CSV with columns name,openset; openset parsed as the official evaluator does)
+    import sys
+    args = dict(a[2:].partition("=")[::2] for a in sys.argv[1:] if a.startswith("--"))
+    if "coverage" not in args or set(args) - {"coverage", "wheels", "top"}:
+        raise SystemExit("usage: python wheel.py --coverage=LABELS.csv [--wheels=DIR] [--top=30]")
+    path = args["coverage"]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "openset" not in reader.fieldnames:
+                raise SystemExit(f"{path}: needs a column openset; found {reader.fieldnames}")
+            lists = [string_to_list(row["openset"] or "") for row in reader]
+    except OSError as e:
+        raise SystemExit(f"{path}: cannot open ({e.strerror})")
+    wheels = load_wheels(args.get("wheels") or None)
+    share, unmapped = coverage(lists, wheels)
+    tokens = sum(len(l) for l in lists)
+    print(f"{path}: {len(lists)} samples, {tokens} label words, {len(unmapped)} distinct words unmapped; "
+          f"{100 * share:.1f}% of the words map to nothing in any wheel of {wheels.source}")
+    for w, c in sorted(unmapped.items(), key=lambda t: (-t[1], t[0]))[:int(args.get("top", 30))]:
+        print(f"  {c:5d}  {w}")

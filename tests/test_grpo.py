@@ -158,7 +158,7 @@ def test_each_variant_gives_its_advantage_in_the_run(tiny_sft, tmp_path, variant
         assert [d["advantage"] for d in rows] == pytest.approx(expected.tolist(), abs=1e-4)
     assert any(abs(d["advantage"]) > 0.1 for d in done)
     if variant in rewards.CALIBRATED:
-        # the tags are single tokens after SFT: answers get a calibration signal
+        # answers start on a token boundary: they get a calibration signal
         assert rec["cali_coverage"] > 0 and all(k in done[0] for k in ("cali_pos", "has_pos", "has_neg"))
     else:
         assert "cali_pos" not in rec and "cali_pos" not in done[0]  # no fast pass for uncalibrated variants

@@ -254,6 +254,9 @@ def test_tag_tokens_make_the_answer_start_a_token_boundary_under_qwen2_pre_token
     # the failure: `<answer>` and the first word share a token, so there is no answer start
     assert ">happy" in [tok.decode([i]) for i in ids]
     assert mer.fast_answer(ids, tok) is None
+    wheels = wheel.load_wheels()
+    assert mer.answer_needs_tag_tokens(tok, wheels.vocab)
+    assert not mer.answer_needs_tag_tokens(mer.tiny_tokenizer(), wheels.vocab)  # GPT-2's split: ">", "happy"
     model = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
                                                          num_hidden_layers=1, num_attention_heads=2))
     before = model.get_input_embeddings().weight.detach().clone()
@@ -268,7 +271,7 @@ def test_tag_tokens_make_the_answer_start_a_token_boundary_under_qwen2_pre_token
     j = words[0][1]
     assert tok.decode([ids[j]]) == "happy" and ids[j - 1] == tok.convert_tokens_to_ids("<answer>")
     # V(c) of Eq. (1), bare (right after <answer>), holds exactly that token
-    wheels = wheel.load_wheels()
+    assert not mer.answer_needs_tag_tokens(tok, wheels.vocab)
     assert ids[j] in mer.category_first_tokens(wheels, 1, tok, False)[wheel.G_w("happy", wheels, 1)]
     # new embedding rows start as the mean of the pieces the tag was cut into; old rows are kept
     emb = model.get_input_embeddings().weight
@@ -277,3 +280,18 @@ def test_tag_tokens_make_the_answer_start_a_token_boundary_under_qwen2_pre_token
     assert emb.shape[0] == len(tok) and i >= len(before)
     assert torch.allclose(emb[i], before[pieces].mean(0))
     assert torch.allclose(model.get_output_embeddings().weight[i], head_before[pieces].mean(0))
+
+
+def test_real_layouts_report_their_unmapped_label_words(tmp_path, capsys):
+    import wheel
+    wheels = wheel.load_wheels()
+    samples = [{"name": "a", "openset": "happy, xyzzy"}, {"name": "b", "openset": "dissatisfied"}]
+    assert mer.report_unmapped("train", samples, wheels) is None          # bundled data: silent
+    assert mer.report_unmapped("x.jsonl", samples, wheels) is None
+    assert mer.report_unmapped(f"ovmerd:{tmp_path}", samples, wheels) == pytest.approx(1 / 3)
+    err = capsys.readouterr().err
+    assert "33.3% of the label words map to nothing" in err and "xyzzy" in err
+    assert "warning" in err and "--wheels=DIR" in err and "wheel.py --coverage" in err
+    mer.report_unmapped(f"ovmerd:{tmp_path}", samples[1:], wheels)
+    err = capsys.readouterr().err
+    assert "0.0% of the label words" in err and "warning" not in err

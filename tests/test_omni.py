@@ -176,8 +176,13 @@ def test_sft_and_grpo_steps_move_the_towers(omni_data, tmp_path):
     base = _tower_params(mer.tiny_omni_dir())
     _run("train_sft.py", "--model=tiny-omni", f"--train={omni_data}", "--max_samples=0", f"--out_dir={tmp_path / 'sft'}",
          "--batch_size=4", "--max_steps=100", "--lr=3e-3", "--warmup_steps=2", "--precision=fp32", "--fast_fraction=0.25",
-         "--save_every=1000", "--threads=1")
+         "--save_every=1000", "--threads=1", "--tag_tokens=always")
     sft = _tower_params(tmp_path / "sft" / "last")
+    # the tags became tokens of the checkpoint's processor (which encodes the prompts) and its model
+    proc = mer.load_processor(str(tmp_path / "sft" / "last"))
+    tag_ids = proc.tokenizer.convert_tokens_to_ids(list(mer.TAGS))
+    assert len(set(tag_ids)) == 4 and min(tag_ids) >= 1024
+    assert mer.load_model(str(tmp_path / "sft" / "last"))[0].get_input_embeddings().num_embeddings == 1028
     assert sum(not torch.equal(base[k], sft[k]) for k in base) >= len(base) - 2
     _run("train_grpo.py", f"--init={tmp_path / 'sft' / 'last'}", f"--train={omni_data}", "--skip_samples=0",
          f"--out_dir={tmp_path / 'grpo'}", "--max_steps=1", "--max_new_tokens=24", "--precision=fp32", "--lr=1e-3",

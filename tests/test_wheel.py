@@ -129,3 +129,96 @@ def test_official_files_known_mappings():
     assert wheel.G_w("happy", ow, 4) == "powerful"
     assert all(wheel.G_w("neutral", ow, k) is None for k in range(5))
     assert [wheel.G_w("fear", ow, k) for k in range(1, 5)] == ["happy", "joyful", "genius", "joyful"]
+
+
+# ---------------------------------------------------------------------------------------
+# The grown vocabulary (data/wheels/synonyms.csv groups, spelling, generic tails)
+
+def _synonym_rows():
+    with open(os.path.join(wheel.WHEELS_DIR, "synonyms.csv"), newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_table_word_maps_where_its_table_says():
+    rows = _synonym_rows()
+    assert {r["group"] for r in rows} == {"core", "morphology", "valence", "social", "physical", "multiword"}
+    every_wheel_word = set().union(*[set(m) for m in OURS.level1])
+    for r in rows:
+        chain = [r["word"]] + r["synonyms"].split(";")
+        # every anchor of a grown row is a word of some wheel (F_l2 does not chain synonyms)
+        assert r["group"] == "core" or all(a in every_wheel_word for a in chain[1:]), r
+        for k in range(5):
+            # the first word of the row's chain that wheel k holds decides; only when none does may
+            # F_l1's lemma (morphology) decide
+            first = next((OURS.level1[k][a] for a in chain if a in OURS.level1[k]), None)
+            if first is not None:
+                assert wheel.G_w(r["word"], OURS, k) == first, (r["word"], k)
+    # every wheel word maps to its own category in its own wheel
+    for k in range(5):
+        for word, cat in OURS.level1[k].items():
+            assert wheel.G_w(word, OURS, k) == cat, (word, k)
+
+
+def test_no_word_sits_under_two_categories_of_one_wheel():
+    for k in range(1, 6):
+        with open(os.path.join(wheel.WHEELS_DIR, f"wheel{k}.csv"), newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))[1:]
+        claims = {}
+        for row in rows:
+            for word in row:
+                if word.strip():
+                    claims.setdefault(word.strip().lower(), set()).add(row[0].strip().lower())
+        assert not {w: c for w, c in claims.items() if len(c) > 1}, k
+
+
+@pytest.mark.parametrize("word,same_as", [
+    ("humour", "humor"), ("apologise", "apologize"), ("positive emotions", "positive"), ("low mood", "low"),
+    ("questioning feeling", "questioning"), ("skepticism", "skeptical"), ("dissatisfaction", "dissatisfied"),
+    ("displeasure", "displeased"), ("very dissatisfied", "dissatisfied"), ("looking forward to", "eager"),
+    ("under pressure", "pressured"), ("self-blame", "guilty"), ("honoured", "honored"),
+])
+def test_spelling_morphology_and_phrases(word, same_as):
+    # the word maps somewhere, and wherever its counterpart maps, to the same category
+    got = [wheel.G_w(word, OURS, k) for k in range(5)]
+    want = [wheel.G_w(same_as, OURS, k) for k in range(5)]
+    assert any(got) and all(g == w for g, w in zip(got, want) if w), (got, want)
+
+
+def test_valence_and_social_words_take_their_emotion():
+    assert wheel.G_w("positive", OURS, 1) == "happy" and wheel.G_w("negative", OURS, 1) == "bad"
+    assert wheel.G_w("dissatisfied", OURS, 0) == "mad" and wheel.G_w("friendly", OURS, 3) == "loving"
+    assert wheel.G_w("humorous", OURS, 0) == "joyful" and wheel.G_w("accusation", OURS, 1) == "angry"
+    # states with no emotion of their own belong nowhere
+    assert all(wheel.G_w(w, OURS, k) is None for w in ("neutral", "emotional", "open") for k in range(5))
+
+
+def test_coverage_command_on_a_fixture(tmp_path):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    path = tmp_path / "labels.csv"
+    path.write_text('name,openset\na,"[happy, xyzzy]"\nb,"[\'dissatisfied\', \'xyzzy\', \'qwerty\']"\nc,sad\n')
+    share, unmapped = wheel.coverage([["happy", "xyzzy"], ["dissatisfied", "xyzzy", "qwerty"], ["sad"]], OURS)
+    assert share == pytest.approx(3 / 6) and unmapped == {"xyzzy": 2, "qwerty": 1}
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "wheel.py"), f"--coverage={path}"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "3 samples, 6 label words, 2 distinct words unmapped; 50.0%" in lines[0]
+    assert lines[1].split() == ["2", "xyzzy"] and lines[2].split() == ["1", "qwerty"]
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "wheel.py"), "--coverage=/nonexistent.csv"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "/nonexistent.csv" in bad.stderr
+
+
+@official
+def test_our_wheels_on_the_public_check_labels():
+    import evaluate as E
+    check = os.path.join(OFFICIAL_WHEELS, "check")
+    labels = {n: wheel.string_to_list(v) for n, v in
+              E.read_name_column_csv(os.path.join(check, "ovmerd_check_labels.csv"), "openset").items()}
+    preds = {n: wheel.string_to_list(v) for n, v in
+             E.read_name_column_csv(os.path.join(check, "affectgpt_ckpt60_preds.csv"), "openset").items()}
+    share, _ = wheel.coverage(labels.values(), OURS)
+    assert share <= 0.05   # the official files leave 13.0% unmapped
+    assert abs(E.ew_scores(preds, labels, OURS)["f1"] - 61.7384) <= 1.0
