@@ -29,6 +29,12 @@ def configure(config, argv=None):
     `--key=value` (key in any case, value parsed as a Python literal, else kept as a string).
     Unknown keys and values of the wrong type are errors, so a typo never runs silently."""
     argv = sys.argv[1:] if argv is None else argv
+    if "--help" in argv or "-h" in argv:
+        print((config.get("__doc__") or "").strip() + "\n\nsettings (--key=value, or a config file of assignments):")
+        for key, value in config.items():
+            if key.isupper() and not key.startswith("_"):
+                print(f"  --{key.lower()}={value!r}")
+        raise SystemExit(0)
     for arg in argv:
         if arg.startswith("--"):
             key, sep, text = arg[2:].partition("=")
@@ -49,6 +55,14 @@ def configure(config, argv=None):
                     _set(config, key, value, arg)
 
 
+def check_settings(checks):
+    """Refuse a bad configuration before any model loads: `checks` pairs a condition that must
+    hold with the message printed when it does not (one line each, all of them at once)."""
+    bad = [message for ok, message in checks if not ok]
+    if bad:
+        raise SystemExit("bad settings:\n  " + "\n  ".join(bad))
+
+
 def _set(config, key, value, where):
     name = key.upper()
     if name not in config or not name.isupper() or name.startswith("_"):
@@ -58,8 +72,8 @@ def _set(config, key, value, where):
     if default is not None and value is not None and not isinstance(value, type(default)):
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        elif isinstance(default, str):
-            value = str(value)
+        elif isinstance(default, str):  # --reward_wheels=1,2 parses as a tuple: keep the commas
+            value = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
         else:
             raise SystemExit(f"{where}: {key} must be of type {type(default).__name__} (like {default!r}), got {value!r}")
     config[name] = value
@@ -558,6 +572,57 @@ def find_checkpoint(path):
     return None
 
 
+RESUME_MAY_CHANGE = {"OUT_DIR", "MAX_STEPS", "EPOCHS", "STOP_AFTER", "SAVE_EVERY", "THREADS", "RESUME",
+                     "LOG_COMPLETIONS_EVERY", "SKIP_MISSING_MEDIA"}
+
+
+def check_resume(ckpt, config):
+    """Refuse to resume `ckpt` with settings other than those it was trained with (a different
+    --variant or --init would silently continue the old run), listing every difference; the
+    settings of RESUME_MAY_CHANGE may differ. Settings the checkpoint predates are not compared."""
+    saved = torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location="cpu", weights_only=False).get("config", {})
+    diff = [f"{k.lower()}: {saved[k]!r} in the checkpoint, {v!r} now" for k, v in config.items()
+            if k.isupper() and k in saved and k not in RESUME_MAY_CHANGE and saved[k] != v]
+    if diff:
+        raise SystemExit(f"{ckpt} was trained with other settings:\n  " + "\n  ".join(diff)
+                         + "\nresume with the same settings, or pass --resume=False to start again in this folder")
+
+
+def take_lock(out_dir):
+    """Hold `out_dir/lock` (this process's pid) while a run writes there; another live process's
+    lock is an error naming it (the parent's is not: a launcher may reserve the folder for its
+    child), a dead one's is taken over. Released when the process exits."""
+    import atexit
+    path = os.path.join(out_dir, "lock")
+    try:
+        pid = int(open(path).read().strip() or 0)
+    except (OSError, ValueError):
+        pid = 0
+    if pid and pid not in (os.getpid(), os.getppid()):
+        try:
+            os.kill(pid, 0)
+            raise SystemExit(f"{out_dir} is in use by process {pid} (lock file {path}); wait for it to end, or "
+                             f"pass another --out_dir")
+        except ProcessLookupError:
+            pass  # a run that died without releasing it
+        except PermissionError:
+            raise SystemExit(f"{out_dir} is in use by process {pid} (lock file {path})")
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    atexit.register(lambda: os.path.exists(path) and open(path).read().strip() == str(os.getpid()) and os.remove(path))
+
+
+def truncate_log(path, step):
+    """Keep only the records of `log.jsonl` up to `step` (the checkpoint a run resumes from), so
+    that every step appears once after a resume."""
+    if not os.path.isfile(path):
+        return
+    keep = [line for line in open(path) if line.strip() and json.loads(line).get("step", 0) <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(keep)
+    os.replace(path + ".tmp", path)
+
+
 def rng_state():
     """The torch (and CUDA) random states, to save in a checkpoint."""
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -814,6 +879,7 @@ def next_token(logits, temperature=1.0, top_p=1.0):
     if top_p < 1:
         sorted_probs, order = probs.sort(-1, descending=True)
         outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # the mass before it already reaches top_p
+        outside[..., 0] = False  # the most likely token always stays (top_p <= 0 is greedy)
         probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0))
     # inverse CDF: one uniform per row, where torch.multinomial draws one random number per
     # vocabulary entry (6 of ~75 ms per decoding step at 8 rows x 49k tokens on our 2-core CPU)

@@ -70,10 +70,21 @@ THREADS = 0               # CPU threads (0: torch's default, one per physical co
 SEED = 0
 
 mer.configure(globals())
-if VARIANT not in rewards.VARIANTS:
-    raise SystemExit(f"--variant={VARIANT!r}: choose one of {', '.join(rewards.VARIANTS)}")
-if UPDATES_PER_BATCH > 1 and GRAD_ACCUM > 1:
-    raise SystemExit("UPDATES_PER_BATCH > 1 needs GRAD_ACCUM = 1 (each micro-batch is then its own batch)")
+mer.check_settings([
+    (VARIANT in rewards.VARIANTS, f"--variant={VARIANT!r}: choose one of {', '.join(rewards.VARIANTS)}"),
+    (G >= 2, f"--g={G}: a group needs at least 2 completions (one alone always has advantage 0)"),
+    (min(PROMPTS, GRAD_ACCUM, UPDATES_PER_BATCH, MAX_NEW_TOKENS) >= 1,
+     "--prompts, --grad_accum, --updates_per_batch and --max_new_tokens must be >= 1"),
+    (TEMPERATURE > 0, f"--temperature={TEMPERATURE}: GRPO needs sampled completions (greedy groups are identical)"),
+    (LR >= 0 and GRAD_CLIP >= 0 and BETA >= 0, "--lr, --grad_clip and --beta must be >= 0 (grad_clip 0: no clipping)"),
+    (MAX_SAMPLES >= 0 and SKIP_SAMPLES >= 0 and MAX_STEPS >= 0, "--max_samples, --skip_samples, --max_steps must be >= 0"),
+    (all(k.strip() in "12345" and k.strip() for k in str(REWARD_WHEELS).split(",")),
+     f"--reward_wheels={REWARD_WHEELS!r}: a comma-separated subset of 1,2,3,4,5"),
+    (PRECISION in ("auto", "bf16", "fp32"), f"--precision={PRECISION!r}: choose auto, bf16 or fp32"),
+    (AGGREGATION in ("sequence", "token", "constant"), f"--aggregation={AGGREGATION!r}: sequence, token or constant"),
+    (not (UPDATES_PER_BATCH > 1 and GRAD_ACCUM > 1),
+     "UPDATES_PER_BATCH > 1 needs GRAD_ACCUM = 1 (each micro-batch is then its own batch)"),
+])
 
 # ---------------------------------------------------------------------------------------
 from accelerate import Accelerator  # noqa: E402
@@ -101,6 +112,8 @@ calibrate = VARIANT in rewards.CALIBRATED
 per_step = PROMPTS * GRAD_ACCUM * accelerator.num_processes
 
 ckpt = mer.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME else None
+if ckpt:
+    mer.check_resume(ckpt, {k: v for k, v in globals().items() if k.isupper()})
 if INIT == "out/sft/last" and not os.path.isdir(INIT) and not ckpt:
     raise SystemExit(f"--init={INIT}: no such checkpoint; run `python train_sft.py` first, or pass --init=smollm2")
 policy, tokenizer = mer.load_model(ckpt or INIT)
@@ -201,10 +214,15 @@ def save():
 
 
 os.makedirs(OUT_DIR, exist_ok=True)
+if master:
+    mer.take_lock(OUT_DIR)
+    mer.truncate_log(os.path.join(OUT_DIR, "log.jsonl"), step)  # a resumed run rewrites what came after its checkpoint
 log = open(os.path.join(OUT_DIR, "log.jsonl"), "a") if master else None
 if unmapped is not None:
     log.write(json.dumps({"event": "data", "train": TRAIN, "unmapped_label_words": unmapped}) + "\n")
 total_steps = MAX_STEPS or EPOCHS * len(samples) // per_step
+if total_steps < 1:
+    raise SystemExit(f"{TRAIN}: {len(samples)} samples make no full step of {per_step}; set --max_steps or use more data")
 stop_at = min(total_steps, step + STOP_AFTER) if STOP_AFTER else total_steps
 bar = tqdm(total=total_steps, initial=step, desc=f"grpo {VARIANT}", disable=not master)
 warned_coverage = False
@@ -272,8 +290,12 @@ try:
                     loss, s = rewards.grpo_loss(logp, old_logp, adv, c_mask, ref_logp, ETA, BETA, AGGREGATION,
                                                 MAX_NEW_TOKENS)
                     accelerator.backward(loss)  # divides by GRAD_ACCUM
-                    if accelerator.sync_gradients:
-                        grad_norm = accelerator.clip_grad_norm_(policy.parameters(), GRAD_CLIP)
+                    if accelerator.sync_gradients:  # GRAD_CLIP 0: no clipping, the norm is still logged
+                        grad_norm = accelerator.clip_grad_norm_(policy.parameters(), GRAD_CLIP or float("inf"))
+                        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                            raise SystemExit(f"step {step + 1}: non-finite loss ({loss.item()}) or gradient norm "
+                                             f"({float(grad_norm)}); stopped without saving, {OUT_DIR}/last keeps "
+                                             "the last good checkpoint")
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     timing["fwd_bwd_s"] += time.time() - t0

@@ -51,6 +51,13 @@ THREADS = 0               # CPU threads (0: torch's default, one per physical co
 SEED = 0
 
 mer.configure(globals())
+mer.check_settings([
+    (min(BATCH_SIZE, GRAD_ACCUM, MAX_LEN) >= 1, "--batch_size, --grad_accum and --max_len must be >= 1"),
+    (LR >= 0 and GRAD_CLIP >= 0, "--lr and --grad_clip must be >= 0 (grad_clip 0: no clipping)"),
+    (MAX_SAMPLES >= 0 and SKIP_SAMPLES >= 0 and MAX_STEPS >= 0, "--max_samples, --skip_samples, --max_steps must be >= 0"),
+    (0 <= FAST_FRACTION <= 1, f"--fast_fraction={FAST_FRACTION}: a share between 0 and 1"),
+    (PRECISION in ("auto", "bf16", "fp32"), f"--precision={PRECISION!r}: choose auto, bf16 or fp32"),
+])
 
 # ---------------------------------------------------------------------------------------
 from accelerate import Accelerator  # noqa: E402  (after configure: --help-like errors stay fast)
@@ -74,6 +81,8 @@ per_step = BATCH_SIZE * GRAD_ACCUM * accelerator.num_processes
 total_steps = MAX_STEPS or EPOCHS * len(samples) // per_step
 
 ckpt = mer.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME else None
+if ckpt:
+    mer.check_resume(ckpt, {k: v for k, v in globals().items() if k.isupper()})
 model, tokenizer = mer.load_model(ckpt or MODEL)
 processor = mer.load_processor(ckpt or MODEL)  # None for text-only models
 if TAG_TOKENS not in ("auto", "always", "never"):
@@ -126,10 +135,15 @@ def save():
 
 
 os.makedirs(OUT_DIR, exist_ok=True)
+if master:
+    mer.take_lock(OUT_DIR)
+    mer.truncate_log(os.path.join(OUT_DIR, "log.jsonl"), step)  # a resumed run rewrites what came after its checkpoint
 log = open(os.path.join(OUT_DIR, "log.jsonl"), "a") if master else None
 if unmapped is not None:
     log.write(json.dumps({"event": "data", "train": TRAIN, "unmapped_label_words": unmapped}) + "\n")
 bar = tqdm(total=total_steps, initial=step, desc="sft", disable=not master)
+if total_steps < 1:
+    raise SystemExit(f"{TRAIN}: {len(samples)} samples make no full step of {per_step}; set --max_steps or use more data")
 stop_at = min(total_steps, step + STOP_AFTER) if STOP_AFTER else total_steps
 model.train()
 try:
@@ -147,8 +161,12 @@ try:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     loss = model(input_ids=ids, attention_mask=mask, labels=labels, **media).loss
                 accelerator.backward(loss)  # divides by GRAD_ACCUM
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+                if accelerator.sync_gradients:  # GRAD_CLIP 0: no clipping, the norm is still logged
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), GRAD_CLIP or float("inf"))
+                    if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                        raise SystemExit(f"step {step + 1}: non-finite loss ({loss.item()}) or gradient norm "
+                                         f"({float(grad_norm)}); stopped without saving, {OUT_DIR}/last keeps the "
+                                         "last good checkpoint")
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.item() / GRAD_ACCUM

@@ -1,14 +1,14 @@
-# GRPO that visibly learns on a 2-core CPU: from the headroom SFT of configs/cpu_rl_sft.py,
-# 4 prompts x G = 4 completions per step, lr 1e-5 (5x the paper's, for 30 steps instead of 3,262).
+# GRPO on a 2-core CPU from the headroom SFT of configs/cpu_rl_sft.py: 2 prompts x G = 4
+# completions per step, 40 steps, lr 1e-5 (5x the paper's, for 40 steps instead of 3,262).
 #   python train_sft.py configs/cpu_rl_sft.py && python train_grpo.py configs/cpu_rl.py
 #   python evaluate.py --ckpt=out/grpo_rl/last --splits=test_fine
 # experiments/ablation.py runs it for every variant and seed (RESULTS.md there).
 OUT_DIR = "out/grpo_rl"
 INIT = "out/sft_rl/last"
 VARIANT = "mer_r1"
-PROMPTS = 4
+PROMPTS = 2
 G = 4
-MAX_STEPS = 30
+MAX_STEPS = 40
 LR = 1e-5
 BETA = 0.04
 TEMPERATURE = 1.0

@@ -7,7 +7,7 @@
 
 Resumable: every finished run leaves `RUNS/NAME/result.json` and is skipped next time; an
 interrupted run continues from its last checkpoint (train_grpo.py resumes by itself). Two
-runners may share the folder (a run being trained holds `RUNS/NAME/lock`). The recipe is the
+runners may share the folder (a run being trained holds `RUNS/NAME/runner.lock`). The recipe is the
 pair of config files below; the SFT-init row is the SFT checkpoint itself (greedy evaluation,
 so one number, std 0).
 """
@@ -26,25 +26,28 @@ RUNS = "experiments/runs"
 RESULTS = "experiments/RESULTS.md"
 SFT_CONFIG = "configs/cpu_rl_sft.py"
 GRPO_CONFIG = "configs/cpu_rl.py"
-VARIANTS = "baseline,rd,rd_ad,mer_r1,a1,a2,b1,b2"  # table rows in this order (the first four first)
+VARIANTS = "baseline,mer_r1,rd_ad,rd,a1,a2,b1,b2"  # table rows in this order
 SEEDS = "0,1,2"
 FINE = "test_fine"                 # EW-F1, P, R, fast and slow, with the Section-3 diagnostics
 OTHER = "test_basic,test_sentiment"  # HIT and WAF
-OTHER_SAMPLES = 100                # per split of OTHER (0: all 300)
+OTHER_SAMPLES = 50                 # per split of OTHER (0: all 300)
+EVAL_BATCH = 32
 THREADS = 0                        # per training / evaluation process (0: torch's default)
 KEEP_OPTIMIZER = False             # keep trainer_state.pt of finished runs (1 GB each for SmolLM2)
 PLAN = False
 REPORT = False
-ESTIMATE_S = {"sft": 600, "grpo": 900}  # before any run has finished here
+ESTIMATE_S = {"sft": 1200, "grpo": 2700}  # before any run has finished here (fp32, 2 cores)
 
-configure(globals())
+# bare --plan / --report read as --plan=True / --report=True
+configure(globals(), [a + "=True" if a in ("--plan", "--report") else a for a in sys.argv[1:]])
 
 
 def run_dirs():
-    """[(name, kind, variant, seed)] in table order: SFT first, then variant-major, seed-minor."""
+    """[(name, kind, variant, seed)] in running order: SFT, then seed-major (every variant of seed 0
+    first), so that an unfinished table still compares the variants."""
     out = [("sft", "sft", "sft", None)]
-    for v in VARIANTS.split(","):
-        for s in str(SEEDS).split(","):
+    for s in str(SEEDS).split(","):
+        for v in VARIANTS.split(","):
             out.append((f"{v}_s{s}", "grpo", v, int(s)))
     return out
 
@@ -63,9 +66,10 @@ def sh(cmd, log):
 def evaluate(ckpt, out, log):
     """Slow and fast on FINE (diagnostics on), then OTHER in both modes on OTHER_SAMPLES each."""
     py, threads = sys.executable, [f"--threads={THREADS}"] if THREADS else []
-    sh([py, "evaluate.py", f"--ckpt={ckpt}", f"--splits={FINE}", f"--out_dir={out}/fine", "--grpo_log=", *threads], log)
-    sh([py, "evaluate.py", f"--ckpt={ckpt}", f"--splits={OTHER}", f"--out_dir={out}/other", "--grpo_log=",
-        "--diagnostics=False", f"--max_samples={OTHER_SAMPLES}", *threads], log)
+    common = [f"--ckpt={ckpt}", "--grpo_log=", f"--batch_size={EVAL_BATCH}", *threads]
+    sh([py, "evaluate.py", f"--splits={FINE}", f"--out_dir={out}/fine", *common], log)
+    sh([py, "evaluate.py", f"--splits={OTHER}", f"--out_dir={out}/other", "--diagnostics=False",
+        f"--max_samples={OTHER_SAMPLES}", *common], log)
     fine = json.load(open(os.path.join(ROOT, out, "fine", "summary.json")))["results"]
     other = json.load(open(os.path.join(ROOT, out, "other", "summary.json")))["results"]
     return {**fine, **other}
@@ -107,7 +111,7 @@ def run_all():
             print(f"{name}: waiting for the SFT run (run the runner without a subset first)")
             return
         os.makedirs(folder, exist_ok=True)
-        lock = os.path.join(folder, "lock")
+        lock = os.path.join(folder, "runner.lock")
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:

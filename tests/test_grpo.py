@@ -185,10 +185,19 @@ def test_resume_reaches_the_same_weights(tiny_sft, tmp_path):
     _run([f"--out_dir={tmp_path / 'full'}", *args])
     _run([f"--out_dir={tmp_path / 'cut'}", "--stop_after=2", *args])
     assert torch.load(tmp_path / "cut" / "last" / "trainer_state.pt", weights_only=False)["step"] == 2
+    with open(tmp_path / "cut" / "log.jsonl", "a") as f:  # a step logged after the checkpoint, then a crash
+        f.write(json.dumps({"step": 3, "loss": 0.0}) + "\n")
     _run([f"--out_dir={tmp_path / 'cut'}", *args])
     full, cut = _weights(tmp_path / "full" / "last"), _weights(tmp_path / "cut" / "last")
     assert all(torch.allclose(full[k], cut[k], atol=1e-6) for k in full)
     assert [r["step"] for r in _log(tmp_path / "cut") if "event" not in r] == [1, 2, 3, 4]
+    # resuming with other settings is refused with the list of differences (MAX_STEPS may grow)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train_grpo.py"), f"--out_dir={tmp_path / 'cut'}", *args,
+                        "--variant=baseline", "--beta=0.1"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "variant: 'mer_r1' in the checkpoint, 'baseline' now" in r.stderr
+    assert "beta: 0.04 in the checkpoint, 0.1 now" in r.stderr and "--resume=False" in r.stderr
+    _run([f"--out_dir={tmp_path / 'cut'}", *args, "--max_steps=5"])
+    assert [r["step"] for r in _log(tmp_path / "cut") if "event" not in r] == [1, 2, 3, 4, 5]
 
 
 def test_two_processes_stay_in_sync(tiny_sft, tmp_path):
@@ -200,3 +209,47 @@ def test_two_processes_stay_in_sync(tiny_sft, tmp_path):
     assert end["param_checksums"][0] == end["param_checksums"][1]
     init_sum = sum(v.double().sum().item() for v in _weights(tiny_sft).values())
     assert end["param_checksums"][0] != pytest.approx(init_sum, abs=1e-6)
+
+
+def test_bad_settings_are_refused_before_models_load(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train_grpo.py"), "--g=1", "--temperature=0", "--prompts=0",
+                        "--lr=-1", "--reward_wheels=1,7", "--precision=fp16", f"--out_dir={tmp_path}"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and not os.listdir(tmp_path)
+    for text in ("--g=1", "--temperature=0.0", "--prompts", "--lr", "--reward_wheels='1,7'", "--precision='fp16'"):
+        assert text in r.stderr, text
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train_grpo.py"), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--variant='mer_r1'" in r.stdout and "--g=4" in r.stdout
+
+
+def test_non_finite_loss_stops_without_saving(tiny_sft, tmp_path):
+    # a policy with one NaN weight gives a NaN loss at step 1: the run must stop, saving nothing
+    model, tok = mer.load_model(tiny_sft)
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+    model.save_pretrained(tmp_path / "bad")
+    tok.save_pretrained(tmp_path / "bad")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train_grpo.py"), f"--init={tmp_path / 'bad'}",
+                        f"--out_dir={tmp_path / 'out'}", "--max_steps=2", "--save_every=1", "--max_new_tokens=8",
+                        *SMALL[:2], *SMALL[3:]], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "step 1: non-finite loss" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "out" / "last").exists()
+
+
+def test_grad_clip_zero_means_no_clipping(tiny_sft, tmp_path):
+    _run([f"--init={tiny_sft}", f"--out_dir={tmp_path}", "--max_steps=1", "--lr=1e-3", "--grad_clip=0", *SMALL])
+    rec = _log(tmp_path)[0]
+    before, after = _weights(tiny_sft), _weights(tmp_path / "last")
+    assert rec["grad_norm"] > 0 and any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_second_run_into_the_same_out_dir_is_refused(tmp_path):
+    other = subprocess.Popen(["sleep", "60"])  # another live process holds the folder
+    (tmp_path / "lock").write_text(str(other.pid))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train_grpo.py"), "--init=tiny", f"--out_dir={tmp_path}",
+                        "--max_steps=1", *SMALL], capture_output=True, text=True, cwd=ROOT)
+    other.kill()
+    assert r.returncode != 0 and f"in use by process {other.pid}" in r.stderr
+    (tmp_path / "lock").write_text("999999999")  # a dead process's lock is taken over
+    _run(["--init=tiny", f"--out_dir={tmp_path}", "--max_steps=1", "--max_new_tokens=8", *SMALL[:2], *SMALL[3:]])
+    assert not (tmp_path / "lock").exists()
