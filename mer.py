@@ -63,6 +63,17 @@ def check_settings(checks):
         raise SystemExit("bad settings:\n  " + "\n  ".join(bad))
 
 
+def check_writable(out_dir):
+    """Make `out_dir` and make sure files can be written there, before any model loads."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, f".write_test{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise SystemExit(f"{out_dir}: cannot write here ({e.strerror}); pass another --out_dir")
+
+
 def _set(config, key, value, where):
     name = key.upper()
     if name not in config or not name.isupper() or name.startswith("_"):
@@ -430,7 +441,11 @@ def load_model(name="smollm2", dtype=torch.float32, seed=0):
         torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(config, dtype=dtype), tok
     path = model_path(name)
-    model_type = AutoConfig.from_pretrained(path).model_type
+    try:
+        model_type = AutoConfig.from_pretrained(path).model_type
+    except OSError as e:  # a missing folder reaches the hub (offline here): say what was asked for
+        raise SystemExit(f"{name}: no such checkpoint or model; pass a folder written by train_sft.py / "
+                         f"train_grpo.py, smollm2, tiny, tiny-omni or a reachable hub id ({str(e).splitlines()[0]})")
     if model_type == "qwen2_5_omni_thinker":
         from transformers import Qwen2_5OmniThinkerForConditionalGeneration
         model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(path, dtype=dtype)
@@ -586,6 +601,24 @@ def check_resume(ckpt, config):
     if diff:
         raise SystemExit(f"{ckpt} was trained with other settings:\n  " + "\n  ".join(diff)
                          + "\nresume with the same settings, or pass --resume=False to start again in this folder")
+
+
+def interrupt_flag(message):
+    """Ctrl-C at step boundaries: returns a list that the first SIGINT fills (after printing
+    `message`), so the loop can finish its step, save and exit; a second SIGINT raises
+    KeyboardInterrupt at once (the run then leaves without saving: a half-done step, its RNG
+    state and optimizer moments, would not resume like an uninterrupted run)."""
+    import signal
+    flag = []
+
+    def handler(signum, frame):
+        if flag:
+            raise KeyboardInterrupt
+        flag.append(True)
+        print(message, file=sys.stderr)
+
+    signal.signal(signal.SIGINT, handler)
+    return flag
 
 
 def take_lock(out_dir):

@@ -78,13 +78,14 @@ mer.check_settings([
     (TEMPERATURE > 0, f"--temperature={TEMPERATURE}: GRPO needs sampled completions (greedy groups are identical)"),
     (LR >= 0 and GRAD_CLIP >= 0 and BETA >= 0, "--lr, --grad_clip and --beta must be >= 0 (grad_clip 0: no clipping)"),
     (MAX_SAMPLES >= 0 and SKIP_SAMPLES >= 0 and MAX_STEPS >= 0, "--max_samples, --skip_samples, --max_steps must be >= 0"),
-    (all(k.strip() in "12345" and k.strip() for k in str(REWARD_WHEELS).split(",")),
+    (all(k.strip() in ("1", "2", "3", "4", "5") for k in str(REWARD_WHEELS).split(",")),
      f"--reward_wheels={REWARD_WHEELS!r}: a comma-separated subset of 1,2,3,4,5"),
     (PRECISION in ("auto", "bf16", "fp32"), f"--precision={PRECISION!r}: choose auto, bf16 or fp32"),
     (AGGREGATION in ("sequence", "token", "constant"), f"--aggregation={AGGREGATION!r}: sequence, token or constant"),
     (not (UPDATES_PER_BATCH > 1 and GRAD_ACCUM > 1),
      "UPDATES_PER_BATCH > 1 needs GRAD_ACCUM = 1 (each micro-batch is then its own batch)"),
 ])
+mer.check_writable(OUT_DIR)
 
 # ---------------------------------------------------------------------------------------
 from accelerate import Accelerator  # noqa: E402
@@ -226,6 +227,8 @@ if total_steps < 1:
 stop_at = min(total_steps, step + STOP_AFTER) if STOP_AFTER else total_steps
 bar = tqdm(total=total_steps, initial=step, desc=f"grpo {VARIANT}", disable=not master)
 warned_coverage = False
+interrupted = mer.interrupt_flag(f"\ninterrupt: the current step finishes, then {OUT_DIR}/last is saved "
+                                 "(Ctrl-C again: leave at once without saving)")
 try:
     while step < stop_at:
         t_step, cpu_step = time.time(), time.process_time()
@@ -328,12 +331,16 @@ try:
             bar.set_postfix(R=f"{rec['recall']:.2f}", P=f"{rec['precision']:.2f}", fmt=f"{rec['format']:.2f}",
                             kl=f"{rec['kl']:.1e}")
             bar.update(1)
-        if step % SAVE_EVERY == 0 or step == stop_at:
+        stop_now = accelerator.reduce(torch.tensor(float(bool(interrupted)), device=device), "sum").item() > 0
+        if step % SAVE_EVERY == 0 or step == stop_at or stop_now:
             save()
+        if stop_now:  # every rank saw the request at the same step boundary
+            if master:
+                print(f"interrupted: saved step {step} in {OUT_DIR}/last; run again to resume")
+            raise SystemExit(130)
 except KeyboardInterrupt:
     if master:
-        print(f"\ninterrupted at step {step}: saving {OUT_DIR}/last")
-    save()
+        print(f"\nleft without saving: {OUT_DIR}/last keeps the last checkpoint")
     raise SystemExit(130)
 bar.close()
 # replicas must agree: every rank reports a checksum of its weights

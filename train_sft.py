@@ -58,6 +58,7 @@ mer.check_settings([
     (0 <= FAST_FRACTION <= 1, f"--fast_fraction={FAST_FRACTION}: a share between 0 and 1"),
     (PRECISION in ("auto", "bf16", "fp32"), f"--precision={PRECISION!r}: choose auto, bf16 or fp32"),
 ])
+mer.check_writable(OUT_DIR)
 
 # ---------------------------------------------------------------------------------------
 from accelerate import Accelerator  # noqa: E402  (after configure: --help-like errors stay fast)
@@ -146,6 +147,8 @@ if total_steps < 1:
     raise SystemExit(f"{TRAIN}: {len(samples)} samples make no full step of {per_step}; set --max_steps or use more data")
 stop_at = min(total_steps, step + STOP_AFTER) if STOP_AFTER else total_steps
 model.train()
+interrupted = mer.interrupt_flag(f"\ninterrupt: the current step finishes, then {OUT_DIR}/last is saved "
+                                 "(Ctrl-C again: leave at once without saving)")
 try:
     while step < stop_at:
         t0 = time.time()
@@ -180,12 +183,16 @@ try:
             log.flush()
             bar.set_postfix(loss=f"{loss_avg:.3f}", lr=f"{lr:.1e}")
             bar.update(1)
-        if step % SAVE_EVERY == 0 or step == stop_at:
+        stop_now = accelerator.reduce(torch.tensor(float(bool(interrupted)), device=device), "sum").item() > 0
+        if step % SAVE_EVERY == 0 or step == stop_at or stop_now:
             save()
+        if stop_now:  # every rank saw the request at the same step boundary
+            if master:
+                print(f"interrupted: saved step {step} in {OUT_DIR}/last; run again to resume")
+            raise SystemExit(130)
 except KeyboardInterrupt:
     if master:
-        print(f"\ninterrupted at step {step}: saving {OUT_DIR}/last")
-    save()
+        print(f"\nleft without saving: {OUT_DIR}/last keeps the last checkpoint")
     raise SystemExit(130)
 bar.close()
 if master:

@@ -109,6 +109,7 @@ def test_next_token_top_p_keeps_the_smallest_set_reaching_p():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     torch.manual_seed(0)
     draws = lambda p: {mer.next_token(logits, 1.0, p).item() for _ in range(300)}  # noqa: E731
+    assert draws(0.0) == {0}           # top_p 0 keeps the most likely token (greedy), never the last id
     assert draws(0.5) == {0}           # 0.5 alone reaches 0.5
     assert draws(0.7) == {0, 1}        # 0.5 < 0.7 <= 0.8
     assert draws(0.9) == {0, 1, 2}
@@ -218,6 +219,9 @@ def test_bad_settings_are_refused_before_models_load(tmp_path):
     assert r.returncode != 0 and not os.listdir(tmp_path)
     for text in ("--g=1", "--temperature=0.0", "--prompts", "--lr", "--reward_wheels='1,7'", "--precision='fp16'"):
         assert text in r.stderr, text
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train_grpo.py"), "--out_dir=/proc/no/such"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "/proc/no/such: cannot write here" in r.stderr
     r = subprocess.run([sys.executable, os.path.join(ROOT, "train_grpo.py"), "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--variant='mer_r1'" in r.stdout and "--g=4" in r.stdout
 
@@ -253,3 +257,25 @@ def test_a_second_run_into_the_same_out_dir_is_refused(tmp_path):
     (tmp_path / "lock").write_text("999999999")  # a dead process's lock is taken over
     _run(["--init=tiny", f"--out_dir={tmp_path}", "--max_steps=1", "--max_new_tokens=8", *SMALL[:2], *SMALL[3:]])
     assert not (tmp_path / "lock").exists()
+
+
+def test_ctrl_c_saves_at_a_step_boundary_and_resumes_like_an_uninterrupted_run(tiny_sft, tmp_path):
+    import signal
+    import time
+    args = [f"--init={tiny_sft}", "--max_steps=4", "--lr=1e-4", "--updates_per_batch=2", *SMALL]
+    _run([f"--out_dir={tmp_path / 'full'}", *args])
+    cut = tmp_path / "cut"
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_grpo.py"), f"--out_dir={cut}", *args],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (cut / "log.jsonl").exists() or not open(cut / "log.jsonl").read().strip():
+        assert p.poll() is None, p.communicate()[1][-2000:]
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere inside step 2
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 130, err[-2000:]
+    saved = torch.load(cut / "last" / "trainer_state.pt", weights_only=False)["step"]
+    assert 1 <= saved <= 4 and [r["step"] for r in _log(cut) if "event" not in r] == list(range(1, saved + 1))
+    _run([f"--out_dir={cut}", *args])
+    full, resumed = _weights(tmp_path / "full" / "last"), _weights(cut / "last")
+    assert all(torch.allclose(full[k], resumed[k], atol=1e-6) for k in full)

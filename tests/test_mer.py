@@ -295,3 +295,8 @@ def test_real_layouts_report_their_unmapped_label_words(tmp_path, capsys):
     mer.report_unmapped(f"ovmerd:{tmp_path}", samples[1:], wheels)
     err = capsys.readouterr().err
     assert "0.0% of the label words" in err and "warning" not in err
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no such checkpoint or model"):
+        mer.load_model(str(tmp_path / "nowhere" / "last"))
