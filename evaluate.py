@@ -205,14 +205,27 @@ def score_files(preds_path, labels_path, task, wheels_dir=""):
         return {"waf": round(waf(scores, [valences[n] for n in names]), 4), "n": len(names)}
     labels = {n: wheel.string_to_list(v) for n, v in read_name_column_csv(labels_path, "openset").items()}
     report_mismatch(preds, labels, preds_path, labels_path)
+    if task not in ("fine", "basic"):
+        raise SystemExit(f"--task must be fine, basic or sentiment, not {task!r}")
+    s = ew_scores(preds, labels, wheels)
+    scored = hit_rate(preds, labels, wheels)["n_per_wheel"] if task == "basic" else s["n_per_wheel"]
+    report_skipped(scored, len(labels), labels_path)
     if task == "fine":
-        s = ew_scores(preds, labels, wheels)
         return {"f1": round(s["f1"], 4), "precision": round(s["precision"], 4), "recall": round(s["recall"], 4),
-                "n": s["n"]}
-    if task == "basic":
-        h, s = hit_rate(preds, labels, wheels), ew_scores(preds, labels, wheels)
-        return {"hit": round(h["hit"], 4), "f1": round(s["f1"], 4), "n": h["n"]}
-    raise SystemExit(f"--task must be fine, basic or sentiment, not {task!r}")
+                "n": s["n"], "n_scored_per_wheel": scored}
+    return {"hit": round(hit_rate(preds, labels, wheels)["hit"], 4), "f1": round(s["f1"], 4), "n": len(labels),
+            "n_scored_per_wheel": scored}
+
+
+def report_skipped(scored, n, labels_path):
+    """Samples whose label maps to nothing in a wheel are not scored there (MER-UniBench's rule):
+    say how many, and refuse when no sample is scored at all (a score of 0 would mean nothing)."""
+    if not any(scored):
+        raise SystemExit(f"{labels_path}: no label maps to a category in any wheel (empty, 'neutral' or unknown "
+                         f"words), so nothing can be scored; check the labels or pass --wheels=DIR")
+    if min(scored) < n:
+        print(f"warning: {labels_path}: per wheel {scored} of {n} samples are scored; the others' labels map to "
+              f"nothing there and are skipped", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------
@@ -377,13 +390,14 @@ def score(task, preds, samples, wheels, sentiments=None):
     if task == "sentiment":
         scores = [sentiments[n] if sentiments else sentiment_score(preds.get(n, []), wheels) for n in names]
         return {"waf": waf(scores, [s["valence"] for s in samples]), "n": len(names)}
-    if task == "basic":
-        labels = {s["name"]: label_words(s, task) for s in samples}
-        return {"hit": hit_rate(preds, labels, wheels)["hit"], "f1": ew_scores(preds, labels, wheels)["f1"],
-                "n": len(names)}
     labels = {s["name"]: label_words(s, task) for s in samples}
+    if task == "basic":
+        h = hit_rate(preds, labels, wheels)
+        return {"hit": h["hit"], "f1": ew_scores(preds, labels, wheels)["f1"], "n": len(names),
+                "n_scored_per_wheel": h["n_per_wheel"]}
     s = ew_scores(preds, labels, wheels)
-    return {"f1": s["f1"], "precision": s["precision"], "recall": s["recall"], "n": len(names)}
+    return {"f1": s["f1"], "precision": s["precision"], "recall": s["recall"], "n": len(names),
+            "n_scored_per_wheel": s["n_per_wheel"]}
 
 
 def write_csv(path, header, rows):
@@ -455,6 +469,11 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
         name, task = split_name(spec), task_of(spec)
         samples = mer.load_samples(spec, SKIP_MISSING_MEDIA)
         samples = samples[:MAX_SAMPLES] if MAX_SAMPLES else samples
+        names = [s_["name"] for s_ in samples]
+        if len(set(names)) < len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise SystemExit(f"{spec}: sample name {dup!r} appears {names.count(dup)} times (samples "
+                             f"{[i + 1 for i, n in enumerate(names) if n == dup]}); names must be unique")
         unmapped = mer.report_unmapped(spec, samples, wheels) if task != "sentiment" else None
         if task == "sentiment":
             bad = [s["name"] for s in samples if "valence" not in s]

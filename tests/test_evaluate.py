@@ -77,7 +77,7 @@ def test_score_only_command_fine_and_basic(tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     # a: P 1/2 R 1; b: P 1 R 1/2; c: no prediction -> 0, 0. P = R = 1/2 in every wheel
-    assert result == {"f1": 50.0, "precision": 50.0, "recall": 50.0, "n": 3}
+    assert result == {"f1": 50.0, "precision": 50.0, "recall": 50.0, "n": 3, "n_scored_per_wheel": [3] * 5}
     assert "no prediction" in out.stderr and "c" in out.stderr and "no label" in out.stderr
     out = _run(f"--preds={preds}", f"--labels={labels}", "--task=basic")
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -91,6 +91,14 @@ def test_score_only_command_sentiment(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     # kept a, b, c: true [T, F, F], pred [T, F, T]: F1(T) = 2/3 (support 1), F1(F) = 2/3 (support 2)
     assert result == {"waf": pytest.approx(66.6667, abs=1e-3), "n": 4}
+
+
+def test_score_only_refuses_labels_that_score_nothing(tmp_path):
+    preds = _write(tmp_path / "p.csv", ["name", "openset"], [["a", "happy"], ["b", "sad"]])
+    labels = _write(tmp_path / "l.csv", ["name", "openset"], [["a", "neutral"], ["b", "xyzzy"]])
+    for task in ("fine", "basic"):
+        out = _run(f"--preds={preds}", f"--labels={labels}", f"--task={task}")
+        assert out.returncode != 0 and "nothing can be scored" in out.stderr and "l.csv" in out.stderr
 
 
 def test_score_only_bad_inputs(tmp_path):
@@ -115,7 +123,8 @@ def test_score_only_command_on_official_wheels(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     # b is skipped in every wheel (neutral is unknown); a: "frustrated" -> sad in wheels 1, 2 and 4
     # (via "disappointed"), but mad in wheels 3 and 5: P = R = 3/5
-    assert result == {"f1": 60.0, "precision": 60.0, "recall": 60.0, "n": 2}
+    assert result == {"f1": 60.0, "precision": 60.0, "recall": 60.0, "n": 2, "n_scored_per_wheel": [1] * 5}
+    assert "[1, 1, 1, 1, 1] of 2 samples are scored" in out.stderr
 
 
 @pytest.mark.skipif(not os.path.isdir(OFFICIAL_WHEELS), reason="official wheel files not present")
