@@ -166,11 +166,11 @@ def cell(xs):
 
 
 def curves(name):
-    """(steps, R_R, R_P) of a GRPO run from its log.jsonl."""
+    """(steps, R_R, R_P, format, KL) of a GRPO run from its log.jsonl (also while it trains)."""
     path = os.path.join(ROOT, RUNS, name, "log.jsonl")
     rows = [json.loads(l) for l in open(path)] if os.path.isfile(path) else []
     rows = [r for r in rows if "step" in r and "event" not in r]
-    return [r["step"] for r in rows], [r["recall"] for r in rows], [r["precision"] for r in rows]
+    return tuple([r[k] for r in rows] for k in ("step", "recall", "precision", "format", "kl"))
 
 
 def plot(groups):
@@ -234,21 +234,20 @@ def report():
         vals.append(cell([diag(n, "slow", "avg_categories") for n in names]))
         lines_ = f"| {label} | " + " | ".join(vals) + " |"
         dl.append(lines_)
-    tr = ["", "Training reward per block of steps (mean over seeds; R_R / R_P / format):", ""]
-    for label, names in rows[1:]:
-        runs = [curves(n) for n in names]
-        runs = [r for r in runs if r[0]]
+    tr = ["", "Training rewards per block of 10 steps (mean over the seeds' runs, finished or still training):",
+          "", "| variant | runs | steps | R_R | R_P | format | KL |", "|---|---|---|---|---|---|---|"]
+    training = {v: [f"{v}_s{s}" for s in str(SEEDS).split(",")] for v in VARIANTS.split(",")}
+    for label, names in training.items():
+        runs = [r for r in (curves(n) for n in names) if r[0]]
         if not runs:
             continue
         n = min(len(r[0]) for r in runs)
-        block = max(1, n // 4)
-        parts = []
-        for b in range(0, n - block + 1, block):
-            rr = sum(sum(r[1][b:b + block]) / block for r in runs) / len(runs)
-            rp = sum(sum(r[2][b:b + block]) / block for r in runs) / len(runs)
-            parts.append(f"steps {b + 1}-{b + block}: {rr:.3f} / {rp:.3f}")
-        tr.append(f"- {label}: " + "; ".join(parts))
-    picture = plot({label: names for label, names in rows[1:]})
+        for b in range(0, n, 10):
+            e = min(n, b + 10)
+            vals = [sum(sum(r[k][b:e]) / (e - b) for r in runs) / len(runs) for k in (1, 2, 3, 4)]
+            tr.append(f"| {label} | {len(runs)} | {b + 1}-{e} | " + " | ".join(f"{v:.3f}" for v in vals[:3])
+                      + f" | {vals[3]:.4f} |")
+    picture = plot(training)
     text = [l for l in lines] + gain + dl + tr
     if picture:
         text += ["", f"![R_R and R_P over training steps]({picture})"]
