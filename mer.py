@@ -563,15 +563,35 @@ def lr_at(step, lr, warmup, total, min_ratio=0.1):
     return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def save_checkpoint(path, model, tokenizer, state, processor=None):
+def model_card(state, last=None):
+    """README.md of a checkpoint folder: what it is, what it started from, where it stands, and
+    every setting, so that a shared folder explains itself."""
+    cfg = state.get("config", {})
+    stage = f"GRPO (variant `{cfg['VARIANT']}`)" if "VARIANT" in cfg else "SFT"
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in (last or {}).items() if isinstance(v, float))
+    return "\n".join([
+        f"# mer-r1 checkpoint: {stage}", "",
+        f"- started from: `{cfg.get('INIT') or cfg.get('MODEL')}`; data: `{cfg.get('TRAIN')}`",
+        f"- step {state.get('step')} of {cfg.get('MAX_STEPS') or 'one pass over the data'}",
+        f"- last logged step: {metrics or '-'}", "",
+        "Load with `transformers.AutoModelForCausalLM.from_pretrained(folder)` (a Qwen2.5-Omni Thinker: "
+        "`Qwen2_5OmniThinkerForConditionalGeneration`), or score it with `python evaluate.py --ckpt=folder`. "
+        "`trainer_state.pt` holds the optimizer and RNG states a run resumes from.", "",
+        "## Settings", "", "```python", *[f"{k} = {v!r}" for k, v in cfg.items()], "```", ""])
+
+
+def save_checkpoint(path, model, tokenizer, state, processor=None, last=None):
     """Write an HF-format checkpoint (`from_pretrained` loads it; with the processor of a
-    multimodal model) plus `trainer_state.pt` (optimizer, RNG, step, data position) atomically:
-    into `path.tmp`, then renamed over `path`."""
+    multimodal model) plus `trainer_state.pt` (optimizer, RNG, step, data position) and a model
+    card (`README.md`, with `last`: the last logged metrics) atomically: into `path.tmp`, then
+    renamed over `path`."""
     tmp, old = path + ".tmp", path + ".old"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     (processor or tokenizer).save_pretrained(tmp)
     torch.save(state, os.path.join(tmp, "trainer_state.pt"))
+    with open(os.path.join(tmp, "README.md"), "w") as f:
+        f.write(model_card(state, last))
     if os.path.isdir(path):
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)

@@ -210,7 +210,7 @@ def save():
         mer.save_checkpoint(os.path.join(OUT_DIR, "last"), accelerator.unwrap_model(policy), tokenizer,
                             {"optimizer": optimizer.state_dict(), "rng": states, "step": step,
                              "position": step * per_step, "config": {k: v for k, v in globals().items() if k.isupper()}},
-                            processor)
+                            processor, last=globals().get("rec"))
     accelerator.wait_for_everyone()
 
 

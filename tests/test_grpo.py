@@ -139,6 +139,8 @@ def test_one_step_changes_weights_and_logs_finite_values(tiny_sft, tmp_path):
     assert any(r["zero_var_groups"] < 1 for r in steps)
     before, after = _weights(tiny_sft), _weights(tmp_path / "last")
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    card = open(tmp_path / "last" / "README.md").read()
+    assert card.startswith("# mer-r1 checkpoint: GRPO (variant `mer_r1`)") and "step 2 of 2" in card
 
 
 @pytest.mark.parametrize("variant", rewards.VARIANTS)

@@ -36,6 +36,9 @@ def test_sft_lowers_loss_and_checkpoint_round_trips(tmp_path):
     init = mer.load_model("tiny")[0].state_dict()
     assert any(not torch.equal(init[k], v) for k, v in trained.items())
     assert tok.decode(tok("<think>x</think>")["input_ids"]) == "<think>x</think>"
+    card = open(os.path.join(ckpt, "README.md")).read()   # the folder explains itself
+    assert card.startswith("# mer-r1 checkpoint: SFT") and "started from: `tiny`" in card
+    assert "step 8 of 8" in card and f"loss {log[-1]['loss']:.4g}" in card and "LR = " in card
 
 
 def test_resume_reaches_the_same_weights(tmp_path):
