@@ -208,13 +208,13 @@ def score_files(preds_path, labels_path, task, wheels_dir=""):
     if task not in ("fine", "basic"):
         raise SystemExit(f"--task must be fine, basic or sentiment, not {task!r}")
     s = ew_scores(preds, labels, wheels)
-    scored = hit_rate(preds, labels, wheels)["n_per_wheel"] if task == "basic" else s["n_per_wheel"]
+    h = hit_rate(preds, labels, wheels) if task == "basic" else None
+    scored = h["n_per_wheel"] if h else s["n_per_wheel"]
     report_skipped(scored, len(labels), labels_path)
     if task == "fine":
         return {"f1": round(s["f1"], 4), "precision": round(s["precision"], 4), "recall": round(s["recall"], 4),
                 "n": s["n"], "n_scored_per_wheel": scored}
-    return {"hit": round(hit_rate(preds, labels, wheels)["hit"], 4), "f1": round(s["f1"], 4), "n": len(labels),
-            "n_scored_per_wheel": scored}
+    return {"hit": round(h["hit"], 4), "f1": round(s["f1"], 4), "n": len(labels), "n_scored_per_wheel": scored}
 
 
 def report_skipped(scored, n, labels_path):

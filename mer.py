@@ -503,8 +503,7 @@ def report_unmapped(spec, samples, wheels):
     """For a real layout (`KIND:DIR`): print once the share of label words that the wheels map to
     nothing (they are invisible to the rewards and the metrics), warn above UNMAPPED_WARN with the
     fix, and return the share; None for bundled splits and .jsonl files."""
-    kind, sep, _ = spec.partition(":")
-    if not sep or spec.endswith(".jsonl"):
+    if ":" not in spec or spec.endswith(".jsonl"):
         return None
     share, unmapped = wheel.coverage([wheel.string_to_list(s["openset"]) for s in samples if s.get("openset")], wheels)
     top = ", ".join(w for w, _ in sorted(unmapped.items(), key=lambda t: -t[1])[:8])
@@ -611,16 +610,26 @@ RESUME_MAY_CHANGE = {"OUT_DIR", "MAX_STEPS", "EPOCHS", "STOP_AFTER", "SAVE_EVERY
                      "LOG_COMPLETIONS_EVERY", "SKIP_MISSING_MEDIA"}
 
 
-def check_resume(ckpt, config):
-    """Refuse to resume `ckpt` with settings other than those it was trained with (a different
-    --variant or --init would silently continue the old run), listing every difference; the
-    settings of RESUME_MAY_CHANGE may differ. Settings the checkpoint predates are not compared."""
-    saved = torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location="cpu", weights_only=False).get("config", {})
+def check_resume(ckpt, saved, config):
+    """Refuse to resume `ckpt` (whose trainer state saved the settings `saved`) with other settings
+    (a different --variant or --init would silently continue the old run), listing every
+    difference; the settings of RESUME_MAY_CHANGE may differ. Settings the checkpoint predates
+    are not compared."""
     diff = [f"{k.lower()}: {saved[k]!r} in the checkpoint, {v!r} now" for k, v in config.items()
             if k.isupper() and k in saved and k not in RESUME_MAY_CHANGE and saved[k] != v]
     if diff:
         raise SystemExit(f"{ckpt} was trained with other settings:\n  " + "\n  ".join(diff)
                          + "\nresume with the same settings, or pass --resume=False to start again in this folder")
+
+
+def clip_and_check(accelerator, parameters, loss, clip, step, out_dir):
+    """Clip the gradient norm (clip 0: no clipping, the norm is still measured) and stop the run,
+    saving nothing, when the loss or the norm is not finite. Returns the norm."""
+    norm = accelerator.clip_grad_norm_(parameters, clip or float("inf"))
+    if not (torch.isfinite(loss) and torch.isfinite(norm)):
+        raise SystemExit(f"step {step}: non-finite loss ({loss.item()}) or gradient norm ({float(norm)}); stopped "
+                         f"without saving, {out_dir}/last keeps the last good checkpoint")
+    return norm
 
 
 def interrupt_flag(message):

@@ -113,8 +113,9 @@ calibrate = VARIANT in rewards.CALIBRATED
 per_step = PROMPTS * GRAD_ACCUM * accelerator.num_processes
 
 ckpt = mer.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME else None
+state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False) if ckpt else None
 if ckpt:
-    mer.check_resume(ckpt, {k: v for k, v in globals().items() if k.isupper()})
+    mer.check_resume(ckpt, state.get("config", {}), {k: v for k, v in globals().items() if k.isupper()})
 if INIT == "out/sft/last" and not os.path.isdir(INIT) and not ckpt:
     raise SystemExit(f"--init={INIT}: no such checkpoint; run `python train_sft.py` first, or pass --init=smollm2")
 policy, tokenizer = mer.load_model(ckpt or INIT)
@@ -123,7 +124,6 @@ ref = mer.load_model(INIT)[0].to(device).eval().requires_grad_(False) if BETA el
 optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
 step = 0
 if ckpt:
-    state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     mer.set_rng_state(state["rng"][rank])
     step = state["step"]
@@ -293,12 +293,8 @@ try:
                     loss, s = rewards.grpo_loss(logp, old_logp, adv, c_mask, ref_logp, ETA, BETA, AGGREGATION,
                                                 MAX_NEW_TOKENS)
                     accelerator.backward(loss)  # divides by GRAD_ACCUM
-                    if accelerator.sync_gradients:  # GRAD_CLIP 0: no clipping, the norm is still logged
-                        grad_norm = accelerator.clip_grad_norm_(policy.parameters(), GRAD_CLIP or float("inf"))
-                        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                            raise SystemExit(f"step {step + 1}: non-finite loss ({loss.item()}) or gradient norm "
-                                             f"({float(grad_norm)}); stopped without saving, {OUT_DIR}/last keeps "
-                                             "the last good checkpoint")
+                    if accelerator.sync_gradients:
+                        grad_norm = mer.clip_and_check(accelerator, policy.parameters(), loss, GRAD_CLIP, step + 1, OUT_DIR)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     timing["fwd_bwd_s"] += time.time() - t0
@@ -307,8 +303,9 @@ try:
                 for key, has in (("cali_pos", "has_pos"), ("cali_neg", "has_neg")):
                     means[key] = (grouped[key] * grouped[has]).sum().item() / max(1.0, grouped[has].sum().item())
                 means["cali_coverage"] = ((grouped["has_pos"] + grouped["has_neg"]) > 0).float().mean().item()
-                answered = sum(bool(wheel.parse_answer(t)) for t in texts)
-                if answered and not means["cali_coverage"] and master and not warned_coverage:
+                silent = means["cali_coverage"] or warned_coverage or not master  # parse only to warn
+                answered = 0 if silent else sum(bool(wheel.parse_answer(t)) for t in texts)
+                if answered:
                     warned_coverage = True
                     print(f"warning: step {step + 1}: {answered} completions answer, but none got a calibration "
                           "signal (cali_coverage 0): no answer word maps to a wheel, or the answer does not start "

@@ -72,7 +72,8 @@ torch.manual_seed(SEED)
 
 samples = mer.load_samples(TRAIN, SKIP_MISSING_MEDIA)
 samples = mer.select(samples, SKIP_SAMPLES, MAX_SAMPLES)
-unmapped = mer.report_unmapped(TRAIN, samples, wheel.load_wheels(WHEELS or None)) if master else None
+wheels = wheel.load_wheels(WHEELS or None)
+unmapped = mer.report_unmapped(TRAIN, samples, wheels) if master else None
 if not samples:
     raise SystemExit(f"{TRAIN}: no samples left after skip_samples={SKIP_SAMPLES}")
 missing = [s["name"] for s in samples if not s.get("reason") and FAST_FRACTION < 1]
@@ -82,19 +83,19 @@ per_step = BATCH_SIZE * GRAD_ACCUM * accelerator.num_processes
 total_steps = MAX_STEPS or EPOCHS * len(samples) // per_step
 
 ckpt = mer.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME else None
+state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False) if ckpt else None
 if ckpt:
-    mer.check_resume(ckpt, {k: v for k, v in globals().items() if k.isupper()})
+    mer.check_resume(ckpt, state.get("config", {}), {k: v for k, v in globals().items() if k.isupper()})
 model, tokenizer = mer.load_model(ckpt or MODEL)
 processor = mer.load_processor(ckpt or MODEL)  # None for text-only models
 if TAG_TOKENS not in ("auto", "always", "never"):
     raise SystemExit(f"--tag_tokens={TAG_TOKENS!r}: choose auto, always or never")
-tags = TAG_TOKENS == "always" or (TAG_TOKENS == "auto" and mer.answer_needs_tag_tokens(tokenizer, wheel.load_wheels(WHEELS or None).vocab))
+tags = TAG_TOKENS == "always" or (TAG_TOKENS == "auto" and mer.answer_needs_tag_tokens(tokenizer, wheels.vocab))
 if tags and mer.add_tag_tokens(model, tokenizer) and processor is not None:
     processor.tokenizer = tokenizer  # prompts go through the processor's tokenizer, saved with it
 optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
 step = 0
 if ckpt:
-    state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     mer.set_rng_state(state["rng"])
     step = state["step"]
@@ -164,12 +165,8 @@ try:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     loss = model(input_ids=ids, attention_mask=mask, labels=labels, **media).loss
                 accelerator.backward(loss)  # divides by GRAD_ACCUM
-                if accelerator.sync_gradients:  # GRAD_CLIP 0: no clipping, the norm is still logged
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), GRAD_CLIP or float("inf"))
-                    if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                        raise SystemExit(f"step {step + 1}: non-finite loss ({loss.item()}) or gradient norm "
-                                         f"({float(grad_norm)}); stopped without saving, {OUT_DIR}/last keeps the "
-                                         "last good checkpoint")
+                if accelerator.sync_gradients:
+                    grad_norm = mer.clip_and_check(accelerator, model.parameters(), loss, GRAD_CLIP, step + 1, OUT_DIR)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.item() / GRAD_ACCUM

@@ -232,8 +232,7 @@ def report():
         vals = [cell([diag(n, m, k) for n in names]) for k in ("conf_gt", "margin") for m in ("fast", "slow")]
         vals.append(cell([done[n]["results"][FINE].get("retained_hit_rate") for n in names if n in done]))
         vals.append(cell([diag(n, "slow", "avg_categories") for n in names]))
-        lines_ = f"| {label} | " + " | ".join(vals) + " |"
-        dl.append(lines_)
+        dl.append(f"| {label} | " + " | ".join(vals) + " |")
     tr = ["", "Training rewards per block of 10 steps (mean over the seeds' runs, finished or still training):",
           "", "| variant | runs | steps | R_R | R_P | format | KL |", "|---|---|---|---|---|---|---|"]
     training = {v: [f"{v}_s{s}" for s in str(SEEDS).split(",")] for v in VARIANTS.split(",")}
@@ -248,7 +247,7 @@ def report():
             tr.append(f"| {label} | {len(runs)} | {b + 1}-{e} | " + " | ".join(f"{v:.3f}" for v in vals[:3])
                       + f" | {vals[3]:.4f} |")
     picture = plot(training)
-    text = [l for l in lines] + gain + dl + tr
+    text = lines + gain + dl + tr
     if picture:
         text += ["", f"![R_R and R_P over training steps]({picture})"]
     return "\n".join(text) + "\n"

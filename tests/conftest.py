@@ -6,6 +6,17 @@ sys.path.insert(0, ROOT)
 OFFICIAL_WHEELS = os.path.join(ROOT, "..", "shared", "affectgpt-emotion-wheel")
 
 
+def check_set():
+    """(predictions, labels) of the public OV-MERD+ check set beside the official wheel files:
+    AffectGPT's released predictions and the ground truth, as {name: [words]}."""
+    import evaluate
+    import wheel
+    check = os.path.join(OFFICIAL_WHEELS, "check")
+    return tuple({n: wheel.string_to_list(v) for n, v in
+                  evaluate.read_name_column_csv(os.path.join(check, f), "openset").items()}
+                 for f in ("affectgpt_ckpt60_preds.csv", "ovmerd_check_labels.csv"))
+
+
 def shared_prompt_gap(model, ids, mask, media, row_media, completion, c_mask, n):
     """Largest difference between the logits that predict completion tokens when each prompt runs
     once for its n rows (mer.continuation_logits, what GRPO trains with) and when every row runs

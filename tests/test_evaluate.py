@@ -8,7 +8,7 @@ import pytest
 
 import evaluate as E
 import wheel
-from conftest import OFFICIAL_WHEELS, ROOT
+from conftest import OFFICIAL_WHEELS, ROOT, check_set
 
 OURS = wheel.load_wheels()
 
@@ -129,11 +129,7 @@ def test_score_only_command_on_official_wheels(tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir(OFFICIAL_WHEELS), reason="official wheel files not present")
 def test_official_regression_on_the_public_check_set():
-    check = os.path.join(OFFICIAL_WHEELS, "check")
-    preds = {n: wheel.string_to_list(v) for n, v in
-             E.read_name_column_csv(os.path.join(check, "affectgpt_ckpt60_preds.csv"), "openset").items()}
-    labels = {n: wheel.string_to_list(v) for n, v in
-              E.read_name_column_csv(os.path.join(check, "ovmerd_check_labels.csv"), "openset").items()}
+    preds, labels = check_set()
     s = E.ew_scores(preds, labels, wheel.load_wheels(OFFICIAL_WHEELS))
     # the official evaluator's figures for AffectGPT's released predictions
     assert (round(s["f1"], 4), round(s["precision"], 4), round(s["recall"], 4)) == (61.7384, 57.9527, 66.1346)

@@ -4,7 +4,7 @@ import os
 import pytest
 
 import wheel
-from conftest import OFFICIAL_WHEELS
+from conftest import OFFICIAL_WHEELS, check_set
 
 OURS = wheel.load_wheels()
 
@@ -214,11 +214,7 @@ def test_coverage_command_on_a_fixture(tmp_path):
 @official
 def test_our_wheels_on_the_public_check_labels():
     import evaluate as E
-    check = os.path.join(OFFICIAL_WHEELS, "check")
-    labels = {n: wheel.string_to_list(v) for n, v in
-              E.read_name_column_csv(os.path.join(check, "ovmerd_check_labels.csv"), "openset").items()}
-    preds = {n: wheel.string_to_list(v) for n, v in
-             E.read_name_column_csv(os.path.join(check, "affectgpt_ckpt60_preds.csv"), "openset").items()}
+    preds, labels = check_set()
     share, _ = wheel.coverage(labels.values(), OURS)
     assert share <= 0.05   # the official files leave 13.0% unmapped
     assert abs(E.ew_scores(preds, labels, OURS)["f1"] - 61.7384) <= 1.0
