@@ -6,6 +6,8 @@ else out/sft/last, else the base smollm2):
     python evaluate.py
     python evaluate.py --ckpt=out/sft/last --splits=test_fine --modes=slow
     python evaluate.py --splits=ovmerd:/data/ovmerd,mer2023:/data/mer2023,mosi:/data/mosi
+    python evaluate.py --splits=basic:my_clips.jsonl   # TASK: says how a .jsonl is scored (else fine,
+                                                       # or sentiment when its samples have only valence)
 It writes OUT_DIR/preds_{split}_{mode}.csv (name,openset,mode,text), labels_{split}.csv,
 summary.json and, with matplotlib installed, diagnostics.png and training.png.
 
@@ -15,9 +17,14 @@ Score predictions that already exist (no model needed):
 Both CSVs have the columns `name,openset` (for --task=sentiment the labels have `name,valence`).
 The last line printed is one JSON object with the scores in percent. The sentiment mapping of
 emotion words is POSITIVE/NEGATIVE below (offline and deterministic).
+
+Draw the training curves of a run at any time (training.png next to the log):
+    python evaluate.py --plot=out/grpo/log.jsonl
 """
 import csv
+import io
 import json
+import math
 import os
 import sys
 import time
@@ -28,16 +35,18 @@ from mer import configure
 
 # harness
 CKPT = ""           # checkpoint folder or model name; empty: out/grpo/last, else out/sft/last, else smollm2
-SPLITS = "test_fine,test_basic,test_sentiment"  # bundled splits, .jsonl files, or KIND:DIR (see mer.load_samples)
+SPLITS = "test_fine,test_basic,test_sentiment"  # bundled splits, .jsonl files, KIND:DIR, TASK:SPEC (mer.load_samples)
 MODES = "fast,slow"
 OUT_DIR = "out/eval"
 MAX_SAMPLES = 0     # per split (0: all)
 BATCH_SIZE = 16
 MAX_NEW_TOKENS = 192  # slow mode; fast mode stops at the answer
 FAST_MAX_NEW_TOKENS = 48
+MAX_PROMPT_TOKENS = 1024  # a longer text prompt gets its subtitle cut, with a warning (0: no limit)
 DIAGNOSTICS = True  # teacher-forced confidences (Eq. 1, 2) on the model's own answers
 JUDGE = ""          # a model that maps emotion words to sentiment (paper: Qwen2.5-7B-Instruct); empty: wheel mapping
 GRPO_LOG = "out/grpo/log.jsonl"  # plotted as training dynamics when present
+PLOT = ""          # a log.jsonl: only draw its training curves (training.png next to it), at any time
 PRECISION = "auto"  # auto | bf16 | fp32
 THREADS = 0
 SKIP_MISSING_MEDIA = False
@@ -145,32 +154,48 @@ def waf(pred_scores, true_valences):
 # Files
 
 def read_name_column_csv(path, column):
-    """{name: value} from a CSV with the columns `name` and `column`; errors name file and row."""
+    """{name: value} from a CSV with the columns `name` and `column` (UTF-8, a BOM is allowed);
+    errors name the file and row: bytes that are not UTF-8, a quote left open, a row with more
+    fields than the header (an unquoted comma inside the words), an empty or repeated name."""
     try:
-        f = open(path, newline="", encoding="utf-8")
+        data = open(path, "rb").read()
     except OSError as e:
         raise SystemExit(f"{path}: cannot open ({e.strerror})")
-    with f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "name" not in reader.fieldnames or column not in reader.fieldnames:
-            raise SystemExit(f"{path}: needs the columns name,{column}; found {reader.fieldnames}")
-        out = {}
-        for i, row in enumerate(reader, start=2):
-            name = (row["name"] or "").strip()
-            if not name:
-                raise SystemExit(f"{path}, row {i}: empty name; every row needs the sample's name")
-            if name in out:
-                raise SystemExit(f"{path}, row {i}: name {name!r} appears twice; keep one row per sample")
-            out[name] = row[column] if row[column] is not None else ""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise SystemExit(f"{path}, line {line}: not UTF-8 (byte {data[e.start:e.start + 1]!r}); save the file as UTF-8")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        rows = list(reader)
+    except csv.Error as e:
+        raise SystemExit(f"{path}, line {reader.line_num}: {e}: a quote opened there is never closed")
+    header = [h.strip() for h in rows[0]] if rows else []
+    if "name" not in header or column not in header:
+        raise SystemExit(f"{path}: needs the columns name,{column}; found {header}")
+    out = {}
+    for i, row in enumerate(rows[1:], start=2):
+        if not any(f.strip() for f in row):
+            continue
+        if len(row) != len(header):
+            raise SystemExit(f"{path}, row {i}: {len(row)} fields for a header of {len(header)}; put words that "
+                             f"contain commas in quotes, e.g. s1,\"happy, joyful\"")
+        row = dict(zip(header, row))
+        name = row["name"].strip()
+        if not name:
+            raise SystemExit(f"{path}, row {i}: empty name; every row needs the sample's name")
+        if name in out:
+            raise SystemExit(f"{path}, row {i}: name {name!r} appears twice; keep one row per sample")
+        out[name] = row[column]
     if not out:
         raise SystemExit(f"{path}: no rows")
     return out
 
 
-def _is_float(text):
+def _is_number(text):
     try:
-        float(text)
-        return True
+        return math.isfinite(float(text))
     except ValueError:
         return False
 
@@ -194,11 +219,10 @@ def score_files(preds_path, labels_path, task, wheels_dir=""):
     preds = {n: wheel.string_to_list(v) for n, v in read_name_column_csv(preds_path, "openset").items()}
     if task == "sentiment":
         raw = read_name_column_csv(labels_path, "valence")
-        try:
-            valences = {n: float(v) for n, v in raw.items()}
-        except ValueError:
-            bad = next(n for n, v in raw.items() if not _is_float(v))
-            raise SystemExit(f"{labels_path}: valence of {bad!r} is {raw[bad]!r}, not a number")
+        bad = [n for n, v in raw.items() if not _is_number(v)]
+        if bad:
+            raise SystemExit(f"{labels_path}: valence of {bad[0]!r} is {raw[bad[0]]!r}, not a finite number")
+        valences = {n: float(v) for n, v in raw.items()}
         report_mismatch(preds, valences, preds_path, labels_path)
         names = list(valences)
         scores = [sentiment_score(preds.get(n, []), wheels) for n in names]
@@ -288,12 +312,19 @@ def split_name(spec):
     return spec.partition(":")[0]
 
 
-def task_of(spec):
-    """fine | basic | sentiment."""
+BUNDLED_TASK = {"test_fine": "fine", "test_basic": "basic", "test_sentiment": "sentiment"}
+
+
+def task_of(spec, samples):
+    """fine | basic | sentiment: a `TASK:` prefix says it; else the bundled split's or MER-UniBench
+    set's task; else the samples' fields (only `valence`, no `openset`: sentiment; else fine)."""
+    prefix = spec.partition(":")[0]
+    if prefix in ("fine", "basic", "sentiment"):
+        return prefix
     name = split_name(spec)
-    if name in UNIBENCH_TASK:
-        return UNIBENCH_TASK[name]
-    return "sentiment" if "sentiment" in name else "basic" if "basic" in name else "fine"
+    if spec in BUNDLED_TASK or name in UNIBENCH_TASK:
+        return BUNDLED_TASK.get(spec) or UNIBENCH_TASK[name]
+    return "sentiment" if all("openset" not in s for s in samples) else "fine"
 
 
 def generate(model, tokenizer, samples, mode, max_new_tokens, batch_size, autocast, processor=None,
@@ -415,16 +446,16 @@ def main_metric(task):
     return {"fine": "f1", "basic": "hit", "sentiment": "waf"}[task]
 
 
-def table_means(results, splits, mode):
+def table_means(results, mode):
     """Table 3's R-Mean (the recognition splits) and Mean (all splits) of one mode, two ways: with F1
     for the basic-emotion splits ("f1": the paper's "unified F1 metrics") and with their hit-rate
     ("hit": MER-UniBench's main metric). Fine-grained splits give EW-F1, sentiment WAF, in both."""
     out = {}
     for basic in ("f1", "hit"):
         vals, rec = [], []
-        for spec in splits:
-            task = task_of(spec)
-            v = results[split_name(spec)][mode]["scores"][basic if task == "basic" else main_metric(task)]
+        for r in results.values():
+            task = r["task"]
+            v = r[mode]["scores"][basic if task == "basic" else main_metric(task)]
             vals.append(v)
             if task != "sentiment":
                 rec.append(v)
@@ -433,42 +464,50 @@ def table_means(results, splits, mode):
     return out
 
 
-def table(results, splits, modes):
+def table(results, modes):
     """A Table-3-style markdown table: splits as columns (basic-emotion splits with HIT and F1), one
     row per mode, then R-Mean and Mean F1-based (the paper's Table 3) and HIT-based (MER-UniBench)."""
     cols = []
-    for spec in splits:
-        task = task_of(spec)
-        cols += [(spec, main_metric(task))] + ([(spec, "f1")] if task == "basic" else [])
+    for name, r in results.items():
+        cols += [(name, main_metric(r["task"]))] + ([(name, "f1")] if r["task"] == "basic" else [])
     label = {"f1": "F1", "hit": "HIT", "waf": "WAF"}
-    lines = ["| mode | " + " | ".join(f"{split_name(s)} ({label[m]})" for s, m in cols)
+    lines = ["| mode | " + " | ".join(f"{n} ({label[m]})" for n, m in cols)
              + " | R-Mean (F1) | Mean (F1) | R-Mean (HIT) | Mean (HIT) |", "|---" * (len(cols) + 5) + "|"]
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     for mode in modes:
-        m = table_means(results, splits, mode)
-        vals = [results[split_name(s)][mode]["scores"][k] for s, k in cols]
+        m = table_means(results, mode)
+        vals = [results[n][mode]["scores"][k] for n, k in cols]
         lines.append(f"| {mode} | " + " | ".join(fmt(v) for v in vals + [m["r_mean_f1"], m["mean_f1"], m["r_mean_hit"],
                                                                          m["mean_hit"]]) + " |")
     return "\n".join(lines)
 
 
-def default_ckpt():
-    """The latest GRPO checkpoint, else the SFT one, else the base smollm2."""
-    for path in ("out/grpo/last", "out/sft/last"):
-        if os.path.isfile(os.path.join(path, "config.json")):
-            return path
-    return "smollm2"
+def find_ckpt(ckpt):
+    """The checkpoint to evaluate: `ckpt` (empty: out/grpo/last, else out/sft/last, else the base
+    smollm2), or `ckpt.old` (what an interrupted save leaves) when `ckpt` is missing; a checkpoint
+    whose files differ from its checksums is an error."""
+    import mer
+    for path in [ckpt] if ckpt else ["out/grpo/last", "out/sft/last"]:
+        for p in (path, path + ".old"):
+            if os.path.isfile(os.path.join(p, "config.json")):
+                if p != path:
+                    print(f"{path} is missing; evaluating {p}, left by an interrupted save", file=sys.stderr)
+                mer.verify_checkpoint(p)
+                return p
+    return ckpt or "smollm2"
 
 
-def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=None, processor=None):
-    """Run every split in every mode, write predictions, labels and summary.json; return the summary."""
+def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=None, processor=None, head=None):
+    """Run every split in every mode, write predictions and labels; after each split, summary.json
+    (`head`, then the results and means of the splits done: a later split that fails loses
+    nothing). Returns the summary."""
     import mer
     os.makedirs(out_dir, exist_ok=True)
-    results = {}
+    results, t_start = {}, time.time()
     for spec in splits:
-        name, task = split_name(spec), task_of(spec)
         samples = mer.load_samples(spec, SKIP_MISSING_MEDIA)
-        samples = samples[:MAX_SAMPLES] if MAX_SAMPLES else samples
+        samples = mer.fit_prompts(samples[:MAX_SAMPLES] if MAX_SAMPLES else samples, tokenizer, MAX_PROMPT_TOKENS)
+        name, task = split_name(spec), task_of(spec, samples)
         names = [s_["name"] for s_ in samples]
         if len(set(names)) < len(names):
             dup = next(n for n in names if names.count(n) > 1)
@@ -484,7 +523,7 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
         else:
             write_csv(os.path.join(out_dir, f"labels_{name}.csv"), ["name", "openset"],
                       [[s["name"], s.get("basic") or s["openset"] if task == "basic" else s["openset"]] for s in samples])
-        results[name] = {} if unmapped is None else {"unmapped_label_words": unmapped}
+        results[name] = {"task": task} if unmapped is None else {"task": task, "unmapped_label_words": unmapped}
         for mode in modes:
             t0 = time.time()
             limit = MAX_NEW_TOKENS if mode == "slow" else FAST_MAX_NEW_TOKENS
@@ -517,10 +556,14 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
                 k: fast["scores"][k] - slow["scores"][k] for k in ("f1", "precision", "recall", "hit")
                 if k in fast["scores"]}
             results[name]["retained_hit_rate"] = retained_hit_rate(fast["preds"], slow["preds"], labels, wheels)
-    for name in results:
         for mode in modes:
             results[name][mode].pop("preds")
-    return results
+        summary = {**(head or {}), "seconds": round(time.time() - t_start, 1), "results": results,
+                   "means": {mode: table_means(results, mode) for mode in modes}}
+        with open(os.path.join(out_dir, "summary.json.tmp"), "w") as f:
+            json.dump(summary, f, indent=1)
+        os.replace(os.path.join(out_dir, "summary.json.tmp"), os.path.join(out_dir, "summary.json"))
+    return summary
 
 
 def confidence_diagnostics(tokenizer, samples, teacher, task, wheels):
@@ -545,18 +588,56 @@ def confidence_diagnostics(tokenizer, samples, teacher, task, wheels):
             "margin": sum(margin) / len(margin) if margin else None, "n_confidence": len(conf_gt)}
 
 
-def plot(results, splits, out_dir, grpo_log):
-    """Fig. 3-style diagnostics and Fig. 7-style training dynamics as PNG, when matplotlib exists."""
+def pyplot():
+    """matplotlib's pyplot (Agg), or None with a hint when it is not installed (it is optional)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        return plt
     except ImportError:
-        print("(pip install matplotlib for diagnostics.png and training.png)")
-        return
-    names = [split_name(s) for s in splits if task_of(s) != "sentiment" and "slow" in results[split_name(s)]
-             and "fast" in results[split_name(s)]]
-    if names:
+        print("(pip install matplotlib for the PNG figures)", file=sys.stderr)
+        return None
+
+
+TRAINING_PANELS = (("rewards", {"recall": "R_R", "precision": "R_P", "format": "format"}),
+                   ("KL to the reference", {"kl": "KL"}), ("completion tokens", {"completion_len": "length"}),
+                   ("SFT loss", {"loss": "loss"}))
+
+
+def plot_training(log, path):
+    """Fig.-7-style curves of a training log.jsonl as a PNG at `path` (GRPO: R_R, R_P and format,
+    KL, completion length; SFT: the loss), during or after training. Returns `path`, or None
+    without matplotlib."""
+    if not os.path.isfile(log):
+        raise SystemExit(f"{log}: no such file")
+    rows = [r for r in (json.loads(line) for line in open(log) if line.strip()) if "step" in r and "event" not in r]
+    if not rows:
+        raise SystemExit(f"{log}: no training step logged yet")
+    grpo = "recall" in rows[0]
+    panels = [(t, {k: v for k, v in keys.items() if k in rows[0]}) for t, keys in TRAINING_PANELS
+              if grpo != (t == "SFT loss")]
+    plt = pyplot()
+    if plt is None:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.2), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels):
+        for key, label in keys.items():
+            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=label)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot(results, out_dir, grpo_log):
+    """Fig. 3-style diagnostics (diagnostics.png) and, from `grpo_log`, the training curves
+    (training.png), when matplotlib exists."""
+    names = [n for n, r in results.items() if r["task"] != "sentiment" and "slow" in r and "fast" in r]
+    plt = pyplot() if names else None
+    if plt is not None:
         fig, ax = plt.subplots(1, 4, figsize=(16, 3.5))
         x = range(len(names))
         for i, k in enumerate(("recall", "precision", "f1")):
@@ -575,20 +656,15 @@ def plot(results, splits, out_dir, grpo_log):
         fig.tight_layout()
         fig.savefig(os.path.join(out_dir, "diagnostics.png"), dpi=100)
     if grpo_log and os.path.isfile(grpo_log):
-        rows = [json.loads(l) for l in open(grpo_log) if '"event"' not in l]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for key in ("recall", "precision"):
-            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=f"R_{key[0].upper()}")
-        ax.set_xlabel("step")
-        ax.set_title("GRPO rewards")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "training.png"), dpi=100)
+        plot_training(grpo_log, os.path.join(out_dir, "training.png"))
 
 
 if __name__ == "__main__":
     configure(globals())
-    if PREDS or LABELS:
+    if PLOT:
+        path = plot_training(PLOT, os.path.join(os.path.dirname(PLOT), "training.png"))
+        print(f"wrote {path}" if path else "nothing written: matplotlib is not installed")
+    elif PREDS or LABELS:
         if not (PREDS and LABELS):
             raise SystemExit("score-only mode needs both --preds=PRED.csv and --labels=LABELS.csv")
         print(json.dumps(score_files(PREDS, LABELS, TASK, WHEELS)))
@@ -597,7 +673,7 @@ if __name__ == "__main__":
         import mer
         if THREADS:
             torch.set_num_threads(THREADS)
-        ckpt = CKPT or default_ckpt()
+        ckpt = find_ckpt(CKPT)
         bf16 = PRECISION == "bf16" or (PRECISION == "auto" and (torch.cuda.is_available() or mer.cpu_supports_bf16()))
         device = "cuda" if torch.cuda.is_available() else "cpu"
         autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
@@ -614,15 +690,11 @@ if __name__ == "__main__":
         bad = [m for m in modes if m not in mer.PREFIX]
         if bad:
             raise SystemExit(f"--modes: {bad[0]!r} is not fast or slow")
-        t0 = time.time()
-        results = evaluate(model, tokenizer, splits, modes, wheel.load_wheels(WHEELS or None), OUT_DIR, autocast, judge,
-                           processor)
-        summary = {"ckpt": ckpt, "wheels": WHEELS or "ours", "sentiment": JUDGE or "wheel mapping",
-                   "seconds": round(time.time() - t0, 1), "results": results,
-                   "means": {mode: table_means(results, splits, mode) for mode in modes}}
-        with open(os.path.join(OUT_DIR, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
-        print(table(results, splits, modes))
+        summary = evaluate(model, tokenizer, splits, modes, wheel.load_wheels(WHEELS or None), OUT_DIR, autocast,
+                           judge, processor, {"ckpt": ckpt, "wheels": WHEELS or "ours",
+                                              "sentiment": JUDGE or "wheel mapping"})
+        results = summary["results"]
+        print(table(results, modes))
         for name, r in results.items():
             for mode in modes:
                 d = r[mode]
@@ -631,5 +703,5 @@ if __name__ == "__main__":
             if "delta_fast_minus_slow" in r:
                 deltas = ", ".join(f"{k} {v:+.2f}" for k, v in r["delta_fast_minus_slow"].items())
                 print(f"{name} fast - slow: {deltas}; retained hit-rate {r['retained_hit_rate']:.1f}%")
-        plot(results, splits, OUT_DIR, GRPO_LOG)
+        plot(results, OUT_DIR, GRPO_LOG)
         print(f"wrote {OUT_DIR}/summary.json and the prediction CSVs ({summary['seconds']} s)")

@@ -9,6 +9,7 @@ import csv
 import functools
 import importlib.util
 import json
+import math
 import os
 import random
 import shutil
@@ -93,33 +94,58 @@ def _set(config, key, value, where):
 # ---------------------------------------------------------------------------------------
 # Samples: the bundled JSONL splits and the real MER-Caption+ / MER-UniBench layouts
 
-def read_jsonl(path):
-    """Samples from a JSONL file; each line needs `name` and `openset` (or `valence`)."""
+TEXT_FIELDS = ("subtitle", "openset", "reason", "basic", "video", "audio", "video_path", "audio_path")
+
+
+def check_sample(s, where, need=()):
+    """Field checks of one sample, before any model loads (errors name `where`, the file and line):
+    a non-empty string `name`; string text fields; `openset` (or a finite `valence`); and the
+    non-empty fields of `need` (training needs `openset`)."""
+    if not isinstance(s, dict) or not isinstance(s.get("name"), str) or not s["name"].strip():
+        raise SystemExit(f"{where}: each sample must be an object with a non-empty string 'name'")
+    for k in TEXT_FIELDS:
+        if k in s and not isinstance(s[k], str):
+            hint = "one comma-separated string of emotion words" if k in ("openset", "basic") else "a string"
+            raise SystemExit(f"{where} ({s['name']}): {k!r} is {json.dumps(s[k])[:60]}; write it as {hint}")
+    v = s.get("valence")
+    if "valence" in s and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+        raise SystemExit(f"{where} ({s['name']}): 'valence' is {json.dumps(v)[:60]}; it must be a finite number")
+    if "openset" not in s and "valence" not in s:
+        raise SystemExit(f"{where} ({s['name']}): needs 'openset' (emotion words) or 'valence'")
+    for k in need:
+        if not s.get(k, "").strip():
+            raise SystemExit(f"{where} ({s['name']}): this run needs a non-empty {k!r}")
+
+
+def read_jsonl(path, need=()):
+    """Samples from a JSONL file (UTF-8, a BOM is allowed), each checked by check_sample."""
     if not os.path.isfile(path):
         raise SystemExit(f"{path}: no such file")
     samples = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if i == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise SystemExit(f"{path}, line {i}: not UTF-8 (byte {e.start + 1} of the line is "
+                                 f"{raw[e.start:e.start + 1]!r}); save the file as UTF-8")
             if not line.strip():
                 continue
             try:
                 s = json.loads(line)
             except json.JSONDecodeError as e:
                 raise SystemExit(f"{path}, line {i}: not valid JSON ({e.msg})")
-            if not isinstance(s, dict) or not s.get("name"):
-                raise SystemExit(f"{path}, line {i}: each line must be an object with a non-empty 'name'")
-            if "openset" not in s and "valence" not in s:
-                raise SystemExit(f"{path}, line {i} ({s['name']}): needs 'openset' (emotion words) or 'valence'")
+            check_sample(s, f"{path}, line {i}", need)
             samples.append(s)
     if not samples:
         raise SystemExit(f"{path}: no samples")
     return samples
 
 
-def load_split(split):
+def load_split(split, need=()):
     """A bundled split by name (train, test_fine, test_basic, test_sentiment) or a JSONL path."""
     path = split if split.endswith(".jsonl") else os.path.join(DATA_DIR, f"{split}.jsonl")
-    return read_jsonl(path)
+    return read_jsonl(path, need)
 
 
 def _read_csv(path, columns):
@@ -480,20 +506,59 @@ def cpu_supports_bf16():
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def load_samples(spec, skip_missing_media=False):
+TASKS = ("fine", "basic", "sentiment")  # a `TASK:` prefix on a split names how evaluate.py scores it
+
+
+def load_samples(spec, skip_missing_media=False, need=()):
     """Samples from a spec: a bundled split (`train`, `test_fine`, ...), a `.jsonl` path, or a real
-    layout written `KIND:DIR` with KIND mercaptionplus, ovmerd or a MER-UniBench set (mer2023, meld, ...)."""
+    layout written `KIND:DIR` with KIND mercaptionplus, ovmerd or a MER-UniBench set (mer2023, meld, ...).
+    A `TASK:` prefix (fine, basic, sentiment) only tells evaluate.py how to score. Every sample is
+    checked (check_sample), with the fields of `need` required non-empty."""
     kind, sep, root = spec.partition(":")
+    if kind in TASKS:
+        return load_samples(root, skip_missing_media, need)
     if not sep or spec.endswith(".jsonl"):
-        return load_split(spec)
+        return load_split(spec, need)
     if kind == "mercaptionplus":
-        return load_mercaptionplus(root, skip_missing_media)
-    if kind == "ovmerd":
-        return load_ovmerd(root, skip_missing_media)
-    if kind in UNIBENCH:
-        return load_unibench(root, kind, skip_missing_media)
-    raise SystemExit(f"unknown data spec {spec!r}: use a split name, a .jsonl file, or KIND:DIR with KIND in "
-                     f"mercaptionplus, ovmerd, {', '.join(UNIBENCH)}")
+        samples = load_mercaptionplus(root, skip_missing_media)
+    elif kind == "ovmerd":
+        samples = load_ovmerd(root, skip_missing_media)
+    elif kind in UNIBENCH:
+        samples = load_unibench(root, kind, skip_missing_media)
+    else:
+        raise SystemExit(f"unknown data spec {spec!r}: use a split name, a .jsonl file, KIND:DIR with KIND in "
+                         f"mercaptionplus, ovmerd, {', '.join(UNIBENCH)}, or TASK:SPEC with TASK in {', '.join(TASKS)}")
+    for s in samples:
+        check_sample(s, root, need)
+    return samples
+
+
+def fit_prompts(samples, tokenizer, max_tokens):
+    """Cut the subtitle of every sample whose text prompt is longer than `max_tokens` tokens (an
+    over-long subtitle would run out of memory in a batch), with one warning that counts them; a
+    prompt whose other parts alone are too long is an error. 0: no limit."""
+    if not max_tokens:
+        return samples
+    def length(s):
+        return len(tokenizer(prompt_text(s, tokenizer), add_special_tokens=False)["input_ids"])
+
+    out, cut = [], []
+    for s in samples:
+        n = length(s)
+        if n > max_tokens:
+            cut.append(s["name"])
+        while n > max_tokens:  # re-encoding a cut subtitle may move a token boundary: measure again
+            sub = tokenizer(s.get("subtitle", ""), add_special_tokens=False)["input_ids"]
+            if n - len(sub) >= max_tokens:
+                raise SystemExit(f"sample {s['name']!r}: the prompt is {n} tokens, {n - len(sub)} without the "
+                                 f"subtitle; raise --max_prompt_tokens (now {max_tokens}) or shorten its clues")
+            s = {**s, "subtitle": tokenizer.decode(sub[:len(sub) - (n - max_tokens)])}
+            n = length(s)
+        out.append(s)
+    if cut:
+        print(f"warning: {len(cut)} of {len(samples)} samples had prompts over max_prompt_tokens={max_tokens}; "
+              f"their subtitles were cut to fit (e.g. {cut[0]!r})", file=sys.stderr)
+    return out
 
 
 UNMAPPED_WARN = 0.10  # above this share of unmapped label words, the real-data report warns
@@ -555,7 +620,6 @@ def left_pad(rows, pad, device="cpu"):
 
 def lr_at(step, lr, warmup, total, min_ratio=0.1):
     """Linear warmup for `warmup` steps, then cosine decay to min_ratio * lr at `total`."""
-    import math
     if step < warmup:
         return lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -579,11 +643,47 @@ def model_card(state, last=None):
         "## Settings", "", "```python", *[f"{k} = {v!r}" for k, v in cfg.items()], "```", ""])
 
 
+def file_checksums(folder):
+    """{file name: sha256} of the files of a checkpoint folder (checksums.json itself excepted)."""
+    import hashlib
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name != "checksums.json" and os.path.isfile(path):
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    h.update(block)
+            out[name] = h.hexdigest()
+    return out
+
+
+def corrupt_files(folder):
+    """Files of a checkpoint that are missing or differ from its checksums.json ([] without one)."""
+    path = os.path.join(folder, "checksums.json")
+    if not os.path.isfile(path):
+        return []
+    saved, now = json.load(open(path)), file_checksums(folder)
+    return [name for name, digest in saved.items() if now.get(name) != digest]
+
+
+def verify_checkpoint(folder):
+    """Stop with the name of the first corrupt or truncated file of a checkpoint; offer
+    `folder.old` (what an interrupted save leaves) when it is intact."""
+    bad = corrupt_files(folder)
+    if bad:
+        old = folder + ".old"
+        hint = (f"{old} is intact: move it over {folder} to go on from it" if os.path.isdir(old) and not
+                corrupt_files(old) else f"delete {folder} (or pass --resume=False) to start again")
+        raise SystemExit(f"{os.path.join(folder, bad[0])}: missing or not what was saved (the checksum in "
+                         f"checksums.json differs): the checkpoint is corrupt or truncated; {hint}")
+
+
 def save_checkpoint(path, model, tokenizer, state, processor=None, last=None):
     """Write an HF-format checkpoint (`from_pretrained` loads it; with the processor of a
-    multimodal model) plus `trainer_state.pt` (optimizer, RNG, step, data position) and a model
-    card (`README.md`, with `last`: the last logged metrics) atomically: into `path.tmp`, then
-    renamed over `path`."""
+    multimodal model) plus `trainer_state.pt` (optimizer, RNG, step, data position), a model
+    card (`README.md`, with `last`: the last logged metrics) and `checksums.json` (verified on
+    resume) atomically: into `path.tmp`, then renamed over `path`."""
     tmp, old = path + ".tmp", path + ".old"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -591,6 +691,8 @@ def save_checkpoint(path, model, tokenizer, state, processor=None, last=None):
     torch.save(state, os.path.join(tmp, "trainer_state.pt"))
     with open(os.path.join(tmp, "README.md"), "w") as f:
         f.write(model_card(state, last))
+    with open(os.path.join(tmp, "checksums.json"), "w") as f:
+        json.dump(file_checksums(tmp), f, indent=1)
     if os.path.isdir(path):
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
@@ -599,9 +701,11 @@ def save_checkpoint(path, model, tokenizer, state, processor=None, last=None):
 
 
 def find_checkpoint(path):
-    """The checkpoint folder to resume from: `path`, or `path.old` if a save was interrupted."""
+    """The checkpoint folder to resume from: `path`, or `path.old` if a save was interrupted;
+    verified against its checksums."""
     for p in (path, path + ".old"):
         if os.path.isfile(os.path.join(p, "trainer_state.pt")):
+            verify_checkpoint(p)
             return p
     return None
 
@@ -674,15 +778,17 @@ def take_lock(out_dir):
     atexit.register(lambda: os.path.exists(path) and open(path).read().strip() == str(os.getpid()) and os.remove(path))
 
 
-def truncate_log(path, step):
-    """Keep only the records of `log.jsonl` up to `step` (the checkpoint a run resumes from), so
+def truncate_log(out_dir, step, names=("log.jsonl", "completions.jsonl")):
+    """Keep only the records of the run's logs up to `step` (the checkpoint a run resumes from), so
     that every step appears once after a resume."""
-    if not os.path.isfile(path):
-        return
-    keep = [line for line in open(path) if line.strip() and json.loads(line).get("step", 0) <= step]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(keep)
-    os.replace(path + ".tmp", path)
+    for name in names:
+        path = os.path.join(out_dir, name)
+        if not os.path.isfile(path):
+            continue
+        keep = [line for line in open(path) if line.strip() and json.loads(line).get("step", 0) <= step]
+        with open(path + ".tmp", "w") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
 
 
 def rng_state():

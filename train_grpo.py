@@ -63,6 +63,7 @@ AGGREGATION = "sequence"  # sequence (mean per completion, then over them) | tok
 TEMPERATURE = 1.0
 TOP_P = 1.0
 MAX_NEW_TOKENS = 128
+MAX_PROMPT_TOKENS = 1024  # a longer text prompt gets its subtitle cut, with a warning (0: no limit)
 MIN_NEW_TOKENS = 0        # EOS is suppressed until then (benchmarks set MIN = MAX for a fixed length)
 # system
 PRECISION = "auto"        # auto (bf16 autocast on GPUs and bf16-capable CPUs, else fp32) | bf16 | fp32
@@ -102,7 +103,7 @@ bf16 = PRECISION == "bf16" or (PRECISION == "auto" and (torch.cuda.is_available(
 autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
 torch.manual_seed(SEED + rank)  # ranks sample different completions
 
-samples = mer.load_samples(TRAIN, SKIP_MISSING_MEDIA)
+samples = mer.load_samples(TRAIN, SKIP_MISSING_MEDIA, need=("openset",))
 samples = mer.select(samples, SKIP_SAMPLES, MAX_SAMPLES)
 if not samples:
     raise SystemExit(f"{TRAIN}: no samples left after skip_samples={SKIP_SAMPLES}")
@@ -119,6 +120,7 @@ if ckpt:
 if INIT == "out/sft/last" and not os.path.isdir(INIT) and not ckpt:
     raise SystemExit(f"--init={INIT}: no such checkpoint; run `python train_sft.py` first, or pass --init=smollm2")
 policy, tokenizer = mer.load_model(ckpt or INIT)
+samples = mer.fit_prompts(samples, tokenizer, MAX_PROMPT_TOKENS)
 processor = mer.load_processor(ckpt or INIT)  # None for text-only models
 ref = mer.load_model(INIT)[0].to(device).eval().requires_grad_(False) if BETA else None
 optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
@@ -217,7 +219,7 @@ def save():
 os.makedirs(OUT_DIR, exist_ok=True)
 if master:
     mer.take_lock(OUT_DIR)
-    mer.truncate_log(os.path.join(OUT_DIR, "log.jsonl"), step)  # a resumed run rewrites what came after its checkpoint
+    mer.truncate_log(OUT_DIR, step)  # a resumed run rewrites what came after its checkpoint
 log = open(os.path.join(OUT_DIR, "log.jsonl"), "a") if master else None
 if unmapped is not None:
     log.write(json.dumps({"event": "data", "train": TRAIN, "unmapped_label_words": unmapped}) + "\n")

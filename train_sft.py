@@ -30,6 +30,7 @@ MAX_SAMPLES = 1000        # then keep N of them (0: all); GRPO skips these
 SKIP_MISSING_MEDIA = False
 WHEELS = ""               # wheels for the report of unmapped label words on real data (empty: ours)
 MAX_LEN = 384             # tokens per sample (prompt + target)
+MAX_PROMPT_TOKENS = 1024  # a longer text prompt gets its subtitle cut, with a warning (0: no limit)
 FAST_FRACTION = 0.2       # share of samples trained in fast mode (answer right after <think></think><answer>)
 TAG_TOKENS = "auto"       # make <think>, </think>, <answer>, </answer> single tokens: auto (when an answer
                           # would not start on a token boundary, e.g. Qwen2's tokenizer) | always | never
@@ -70,7 +71,7 @@ device, master = accelerator.device, accelerator.is_main_process
 bf16 = PRECISION == "bf16" or (PRECISION == "auto" and (torch.cuda.is_available() or mer.cpu_supports_bf16()))
 torch.manual_seed(SEED)
 
-samples = mer.load_samples(TRAIN, SKIP_MISSING_MEDIA)
+samples = mer.load_samples(TRAIN, SKIP_MISSING_MEDIA, need=("openset",))
 samples = mer.select(samples, SKIP_SAMPLES, MAX_SAMPLES)
 wheels = wheel.load_wheels(WHEELS or None)
 unmapped = mer.report_unmapped(TRAIN, samples, wheels) if master else None
@@ -87,6 +88,7 @@ state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False) i
 if ckpt:
     mer.check_resume(ckpt, state.get("config", {}), {k: v for k, v in globals().items() if k.isupper()})
 model, tokenizer = mer.load_model(ckpt or MODEL)
+samples = mer.fit_prompts(samples, tokenizer, MAX_PROMPT_TOKENS)
 processor = mer.load_processor(ckpt or MODEL)  # None for text-only models
 if TAG_TOKENS not in ("auto", "always", "never"):
     raise SystemExit(f"--tag_tokens={TAG_TOKENS!r}: choose auto, always or never")
@@ -139,7 +141,7 @@ def save():
 os.makedirs(OUT_DIR, exist_ok=True)
 if master:
     mer.take_lock(OUT_DIR)
-    mer.truncate_log(os.path.join(OUT_DIR, "log.jsonl"), step)  # a resumed run rewrites what came after its checkpoint
+    mer.truncate_log(OUT_DIR, step)  # a resumed run rewrites what came after its checkpoint
 log = open(os.path.join(OUT_DIR, "log.jsonl"), "a") if master else None
 if unmapped is not None:
     log.write(json.dumps({"event": "data", "train": TRAIN, "unmapped_label_words": unmapped}) + "\n")

@@ -13,7 +13,6 @@ so one number, std 0).
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time

@@ -115,6 +115,36 @@ def test_score_only_bad_inputs(tmp_path):
     assert out.returncode != 0 and "unknown setting" in out.stderr
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"name,openset\ns0,sad\ns1,happy, joyful\n", r"p.csv, row 3: 3 fields for a header of 2; put words that contain "
+                                                   r"commas in quotes"),
+    (b'name,openset\ns0,"sad\ns1,happy\n', r"p.csv, line \d: .*a quote opened there is never closed"),
+    (b"name,openset\ns0,sad\ns1,fr\xf6hlich\n", r"p.csv, line 3: not UTF-8 \(byte b'\\xf6'\)"),
+])
+def test_score_only_csv_reader_names_file_and_row(tmp_path, content, message):
+    (tmp_path / "p.csv").write_bytes(content)
+    with pytest.raises(SystemExit, match=message):
+        E.read_name_column_csv(str(tmp_path / "p.csv"), "openset")
+
+
+def test_score_only_csv_reader_reads_bom_and_quoted_commas_and_refuses_non_finite_valence(tmp_path):
+    (tmp_path / "p.csv").write_bytes(b'\xef\xbb\xbfname,openset\r\ns0,"happy, joyful"\r\n\r\n')
+    assert E.read_name_column_csv(str(tmp_path / "p.csv"), "openset") == {"s0": "happy, joyful"}
+    for bad in ("nan", "inf", "-inf", "high"):
+        (tmp_path / "l.csv").write_text(f"name,valence\ns0,{bad}\n")
+        with pytest.raises(SystemExit, match=f"valence of 's0' is '{bad}', not a finite number"):
+            E.score_files(str(tmp_path / "p.csv"), str(tmp_path / "l.csv"), "sentiment")
+
+
+def test_task_comes_from_a_prefix_the_bundled_name_or_the_fields():
+    fine, senti = [{"name": "a", "openset": "happy", "valence": 1}], [{"name": "a", "valence": 1}]
+    assert E.task_of("my_sentiment_probe.jsonl", fine) == "fine"       # the file name is not read
+    assert E.task_of("anything.jsonl", senti) == "sentiment"          # valence without openset
+    assert E.task_of("basic:my.jsonl", fine) == "basic" and E.task_of("sentiment:my.jsonl", fine) == "sentiment"
+    assert [E.task_of(s, fine) for s in ("test_fine", "test_basic", "test_sentiment")] == ["fine", "basic", "sentiment"]
+    assert E.task_of("mosi:/data/mosi", fine) == "sentiment" and E.task_of("mer2023:/d", fine) == "basic"
+
+
 @pytest.mark.skipif(not os.path.isdir(OFFICIAL_WHEELS), reason="official wheel files not present")
 def test_score_only_command_on_official_wheels(tmp_path):
     preds = _write(tmp_path / "p.csv", ["name", "openset"], [["a", "frustrated"], ["b", "happy, neutral"]])
@@ -137,14 +167,13 @@ def test_official_regression_on_the_public_check_set():
 
 
 def test_table_means_f1_based_and_hit_based():
-    results = {"test_fine": {"slow": {"scores": {"f1": 80.0, "precision": 0, "recall": 0}}},
-               "test_basic": {"slow": {"scores": {"hit": 90.0, "f1": 60.0}}},
-               "test_sentiment": {"slow": {"scores": {"waf": 70.0}}}}
-    splits = ["test_fine", "test_basic", "test_sentiment"]
-    m = E.table_means(results, splits, "slow")
+    results = {"test_fine": {"task": "fine", "slow": {"scores": {"f1": 80.0, "precision": 0, "recall": 0}}},
+               "test_basic": {"task": "basic", "slow": {"scores": {"hit": 90.0, "f1": 60.0}}},
+               "test_sentiment": {"task": "sentiment", "slow": {"scores": {"waf": 70.0}}}}
+    m = E.table_means(results, "slow")
     # F1-based (Table 3): (80 + 60) / 2 and (80 + 60 + 70) / 3; HIT-based: 90 replaces 60
     assert m == {"r_mean_f1": 70.0, "mean_f1": 70.0, "r_mean_hit": 85.0, "mean_hit": 80.0}
-    rows = E.table(results, splits, ["slow"]).splitlines()
+    rows = E.table(results, ["slow"]).splitlines()
     assert rows[0].startswith("| mode | test_fine (F1) | test_basic (HIT) | test_basic (F1) | test_sentiment (WAF) |")
     assert rows[2] == "| slow | 80.00 | 90.00 | 60.00 | 70.00 | 70.00 | 70.00 | 85.00 | 80.00 |"
 
@@ -224,11 +253,11 @@ def _splits(tmp_path):
              enumerate(["happy", "sad", "neutral", "worried", "surprise", "angry"])]
     senti = [{"name": f"s{i}", "subtitle": f"senti line {i}", "openset": o, "valence": v} for i, (o, v) in
              enumerate([("happy", 1), ("sad", -1), ("angry", -1), ("relieved", 1), ("calm", 0)])]
-    paths = []
-    for name, rows in (("fine", fine), ("my_basic", basic), ("my_sentiment", senti)):
+    paths = []  # the task comes from a TASK: prefix (file names are not read for it)
+    for name, rows, task in (("fine", fine, ""), ("my_basic", basic, "basic:"), ("my_sentiment", senti, "sentiment:")):
         path = tmp_path / f"{name}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        paths.append(str(path))
+        paths.append(task + str(path))
     answers = {r["subtitle"]: r["openset"] for r in fine + basic + senti}
     return paths, answers
 
@@ -238,7 +267,7 @@ def test_oracle_checkpoint_scores_100(tmp_path, monkeypatch):
     tok = mer.tiny_tokenizer()
     monkeypatch.setattr(E, "BATCH_SIZE", 4)
     results = E.evaluate(Oracle(tok, answers), tok, paths, ["fast", "slow"], OURS, str(tmp_path / "out"),
-                         contextlib_null)
+                         contextlib_null)["results"]
     for mode in ("fast", "slow"):
         assert results["fine"][mode]["scores"]["f1"] == pytest.approx(100.0)
         assert results["my_basic"][mode]["scores"]["hit"] == pytest.approx(100.0)
@@ -261,7 +290,7 @@ def test_harness_scores_equal_the_score_only_command(tmp_path, monkeypatch):
     monkeypatch.setattr(E, "BATCH_SIZE", 4)
     miss = {"fine line 1", "fine line 4", "basic line 0", "senti line 1"}
     out = tmp_path / "out"
-    results = E.evaluate(Oracle(tok, answers, miss), tok, paths, ["fast", "slow"], OURS, str(out), contextlib_null)
+    results = E.evaluate(Oracle(tok, answers, miss), tok, paths, ["fast", "slow"], OURS, str(out), contextlib_null)["results"]
     fine = results["fine"]["slow"]["scores"]
     assert 0 < fine["f1"] < 100
     for name, task in (("fine", "fine"), ("my_basic", "basic"), ("my_sentiment", "sentiment")):
@@ -272,6 +301,49 @@ def test_harness_scores_equal_the_score_only_command(tmp_path, monkeypatch):
     rows = list(csv.DictReader(open(out / "preds_fine_slow.csv")))
     assert rows[1] == {"name": "f1", "openset": "angry", "mode": "slow",
                        "text": "<think>I see.</think><answer>angry</answer>"}
+
+
+def test_a_failing_later_split_keeps_the_summary_of_the_splits_done(tmp_path, monkeypatch):
+    paths, answers = _splits(tmp_path)
+    (tmp_path / "broken.jsonl").write_text('{"name": "x", "openset": ["sad"]}\n')
+    tok = mer.tiny_tokenizer()
+    monkeypatch.setattr(E, "BATCH_SIZE", 4)
+    with pytest.raises(SystemExit, match="broken.jsonl, line 1 \\(x\\): 'openset' is"):
+        E.evaluate(Oracle(tok, answers), tok, [paths[0], str(tmp_path / "broken.jsonl")], ["slow"], OURS,
+                   str(tmp_path / "out"), contextlib_null, head={"ckpt": "oracle"})
+    summary = json.load(open(tmp_path / "out" / "summary.json"))
+    assert summary["ckpt"] == "oracle" and list(summary["results"]) == ["fine"]
+    assert summary["results"]["fine"]["slow"]["scores"]["f1"] == pytest.approx(100.0)
+    assert summary["means"]["slow"]["mean_f1"] == pytest.approx(100.0)
+
+
+def test_evaluate_finds_the_checkpoint_an_interrupted_save_left(tmp_path, monkeypatch, capsys):
+    model, tok = mer.load_model("tiny")
+    mer.save_checkpoint(str(tmp_path / "last"), model, tok, {"step": 1, "config": {}})
+    os.replace(tmp_path / "last", tmp_path / "last.old")
+    assert E.find_ckpt(str(tmp_path / "last")) == str(tmp_path / "last.old")
+    assert "last is missing; evaluating" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("out/grpo")
+    os.replace(tmp_path / "last.old", tmp_path / "out" / "grpo" / "last.old")
+    assert E.find_ckpt("") == "out/grpo/last.old"                      # not a silent fall back to out/sft/last
+    (tmp_path / "out" / "grpo" / "last.old" / "config.json").write_text("{}")
+    with pytest.raises(SystemExit, match="config.json: missing or not what was saved"):
+        E.find_ckpt("")
+
+
+def test_plot_training_of_a_grpo_and_an_sft_log(tmp_path):
+    pytest.importorskip("matplotlib")
+    grpo, sft = tmp_path / "grpo.jsonl", tmp_path / "sft.jsonl"
+    grpo.write_text("".join(json.dumps({"step": s, "recall": 0.5, "precision": 0.4, "format": 1.0, "kl": 0.01,
+                                        "completion_len": 60, "loss": 0.1}) + "\n" for s in (1, 2)))
+    sft.write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n" + json.dumps({"event": "data"}) + "\n")
+    for log in (grpo, sft):
+        png = str(log) + ".png"
+        assert E.plot_training(str(log), png) == png and open(png, "rb").read(4) == b"\x89PNG"
+    (tmp_path / "empty.jsonl").write_text(json.dumps({"event": "data"}) + "\n")
+    with pytest.raises(SystemExit, match="no training step logged yet"):
+        E.plot_training(str(tmp_path / "empty.jsonl"), str(tmp_path / "e.png"))
 
 
 def test_harness_bad_inputs(tmp_path):

@@ -76,7 +76,7 @@ def test_read_jsonl_errors(tmp_path):
     with pytest.raises(SystemExit, match="line 2: not valid JSON"):
         mer.read_jsonl(str(p))
     p.write_text('{"openset": "happy"}\n')
-    with pytest.raises(SystemExit, match="line 1: each line must be an object with a non-empty 'name'"):
+    with pytest.raises(SystemExit, match="line 1: each sample must be an object with a non-empty string 'name'"):
         mer.read_jsonl(str(p))
     p.write_text('{"name": "a"}\n')
     with pytest.raises(SystemExit, match=r"line 1 \(a\): needs 'openset'"):
@@ -84,6 +84,79 @@ def test_read_jsonl_errors(tmp_path):
     p.write_text("\n")
     with pytest.raises(SystemExit, match="no samples"):
         mer.read_jsonl(str(p))
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"name": "a", "openset": ["happy", "sad"]}', r"line 1 \(a\): 'openset' is \[\"happy\", \"sad\"\]; write it as one "
+                                                   r"comma-separated string"),
+    ('{"name": "a", "openset": null}', r"line 1 \(a\): 'openset' is null"),
+    ('{"name": "a", "openset": "happy", "subtitle": 5}', r"'subtitle' is 5; write it as a string"),
+    ('{"name": "a", "valence": NaN}', r"'valence' is NaN; it must be a finite number"),
+    ('{"name": "a", "valence": "1"}', r"'valence' is \"1\""),
+    ('{"name": 3, "openset": "happy"}', "non-empty string 'name'"),
+])
+def test_sample_fields_are_checked_when_loaded(tmp_path, line, message):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(line + "\n")
+    with pytest.raises(SystemExit, match=message):
+        mer.read_jsonl(str(p))
+
+
+def test_training_needs_openset_and_reads_bom_but_not_other_encodings(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(b'\xef\xbb\xbf{"name": "a", "openset": "happy"}\n{"name": "b", "valence": 1}\n')
+    assert [s["name"] for s in mer.load_samples(str(p))] == ["a", "b"]   # the BOM is read, valence-only is fine
+    with pytest.raises(SystemExit, match=r"line 2 \(b\): this run needs a non-empty 'openset'"):
+        mer.load_samples(str(p), need=("openset",))
+    with pytest.raises(SystemExit, match=r"line 2 \(b\): this run needs"):
+        mer.load_samples(f"fine:{p}", need=("openset",))       # a TASK: prefix loads the same file
+    p.write_bytes('{"name": "a", "openset": "happy"}\n{"name": "b", "openset": "gl\u00fccklich"}\n'.encode("latin-1"))
+    with pytest.raises(SystemExit, match=r"d.jsonl, line 2: not UTF-8 \(byte 29 of the line is b'\\xfc'\)"):
+        mer.read_jsonl(str(p))
+
+
+def test_over_long_prompts_get_their_subtitle_cut(capsys):
+    short = dict(SAMPLE, name="short")
+    long = dict(SAMPLE, name="long", subtitle="We won the match again and again! " * 200)
+    n_short = len(TOK(mer.prompt_text(short, TOK))["input_ids"])
+    limit = n_short + 20
+    out = mer.fit_prompts([short, long], TOK, limit)
+    assert out[0] is short
+    n = len(TOK(mer.prompt_text(out[1], TOK))["input_ids"])
+    assert limit - 3 <= n <= limit and long["subtitle"].startswith(out[1]["subtitle"].strip())
+    assert "1 of 2 samples had prompts over max_prompt_tokens" in capsys.readouterr().err
+    assert mer.fit_prompts([long], TOK, 0) == [long]                                      # 0: no limit
+    with pytest.raises(SystemExit, match="'long': the prompt is .* without the subtitle; raise --max_prompt_tokens"):
+        mer.fit_prompts([long], TOK, n_short - 10)
+
+
+def test_a_corrupt_checkpoint_is_found_and_named(tmp_path):
+    model, tok = mer.load_model("tiny")
+    path = str(tmp_path / "last")
+    mer.save_checkpoint(path, model, tok, {"step": 1, "config": {}})
+    assert set(json.load(open(os.path.join(path, "checksums.json")))) >= {"model.safetensors", "trainer_state.pt"}
+    assert mer.find_checkpoint(path) == path
+    weights = os.path.join(path, "model.safetensors")
+    data = bytearray(open(weights, "rb").read())
+    data[len(data) // 2] ^= 0x10                                                       # one flipped bit
+    open(weights, "wb").write(bytes(data))
+    with pytest.raises(SystemExit, match=r"last/model.safetensors: missing or not what was saved.*delete"):
+        mer.find_checkpoint(path)
+    mer.save_checkpoint(path + ".tmp2", model, tok, {"step": 1, "config": {}})
+    os.replace(path + ".tmp2", path + ".old")                                           # an intact older one
+    with pytest.raises(SystemExit, match=r"last.old is intact: move it over"):
+        mer.find_checkpoint(path)
+    os.remove(os.path.join(path + ".old", "trainer_state.pt"))                          # truncated: a file is gone
+    with pytest.raises(SystemExit, match=r"last.old/trainer_state.pt: missing"):
+        mer.verify_checkpoint(path + ".old")
+
+
+def test_resume_truncates_both_logs(tmp_path):
+    for name in ("log.jsonl", "completions.jsonl"):
+        (tmp_path / name).write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3, 2, 3)))
+    mer.truncate_log(str(tmp_path), 2)
+    for name in ("log.jsonl", "completions.jsonl"):
+        assert [json.loads(line)["step"] for line in open(tmp_path / name)] == [1, 2, 2]
 
 
 def _csv(path, header, rows):

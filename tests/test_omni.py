@@ -198,3 +198,10 @@ def test_sft_and_grpo_steps_move_the_towers(omni_data, tmp_path):
          "--max_new_tokens=24", "--fast_max_new_tokens=8", "--batch_size=2")
     slow = json.load(open(tmp_path / "ev" / "summary.json"))["results"]["omni"]["slow"]
     assert slow["format"] > 0 and slow["n_confidence"] > 0 and slow["scores"]["n"] == 4
+
+
+def test_predict_one_clip_with_media(media):
+    r = subprocess.run([sys.executable, "predict.py", "--ckpt=tiny-omni", "--subtitle=We won!", f"--video={media['video']}",
+                        f"--audio={media['wav']}", "--max_new_tokens=4"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "slow (thinking, then the answer):" in r.stdout and "wheel  category" in r.stdout
