@@ -64,6 +64,23 @@ def check_settings(checks):
         raise SystemExit("bad settings:\n  " + "\n  ".join(bad))
 
 
+def trackers(log_with):
+    """The accelerate trackers named in `log_with` (comma-separated: tensorboard, wandb, mlflow, ...;
+    empty: none), each checked to be installed; log.jsonl is written either way."""
+    if not log_with:
+        return None
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+    names = [n.strip() for n in str(log_with).split(",") if n.strip()]
+    for n in names:
+        if n not in LOGGER_TYPE_TO_CLASS:
+            raise SystemExit(f"--log_with={n!r}: not a tracker accelerate knows; choose from "
+                             f"{', '.join(LOGGER_TYPE_TO_CLASS)}")
+        if n not in [str(t) for t in get_available_trackers()]:
+            raise SystemExit(f"--log_with={n}: the {n} package is not installed (pip install {n}); log.jsonl "
+                             f"is written without it")
+    return names
+
+
 def check_writable(out_dir):
     """Make `out_dir` and make sure files can be written there, before any model loads."""
     try:
@@ -724,6 +741,17 @@ def check_resume(ckpt, saved, config):
     if diff:
         raise SystemExit(f"{ckpt} was trained with other settings:\n  " + "\n  ".join(diff)
                          + "\nresume with the same settings, or pass --resume=False to start again in this folder")
+
+
+def warn_no_calibration(texts, step):
+    """Warn (once: returns True when it did) that completions answer but no answer got a
+    calibration signal: no answer word maps to a wheel, or answers miss a token boundary."""
+    answered = sum(bool(wheel.parse_answer(t)) for t in texts)
+    if answered:
+        print(f"warning: step {step}: {answered} completions answer, but none got a calibration signal "
+              "(cali_coverage 0): no answer word maps to a wheel, or the answer does not start on a token "
+              "boundary (see mer.add_tag_tokens)")
+    return bool(answered)
 
 
 def clip_and_check(accelerator, parameters, loss, clip, step, out_dir):

@@ -32,6 +32,7 @@ SAVE_EVERY = 10           # steps between checkpoints (and one at the end)
 RESUME = True             # continue from OUT_DIR/last when it exists
 STOP_AFTER = 0            # end this run after N steps (0: run to the end); a later run resumes
 LOG_COMPLETIONS_EVERY = 10  # every N steps, each sampled completion goes to OUT_DIR/completions.jsonl (0: never)
+LOG_WITH = ""             # also log to accelerate trackers: tensorboard, wandb, ... (comma-separated; empty: none)
 # data
 TRAIN = "train"           # a bundled split, a .jsonl file, or mercaptionplus:DIR
 SKIP_SAMPLES = 1000       # drop the first N of a fixed shuffle: the samples SFT drew from
@@ -87,6 +88,7 @@ mer.check_settings([
      "UPDATES_PER_BATCH > 1 needs GRAD_ACCUM = 1 (each micro-batch is then its own batch)"),
 ])
 mer.check_writable(OUT_DIR)
+log_with = mer.trackers(LOG_WITH)
 
 # ---------------------------------------------------------------------------------------
 from accelerate import Accelerator  # noqa: E402
@@ -94,7 +96,8 @@ from accelerate.utils import gather_object  # noqa: E402
 
 if THREADS:
     torch.set_num_threads(THREADS)
-accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=GRAD_ACCUM)
+accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=GRAD_ACCUM,
+                          log_with=log_with, project_dir=OUT_DIR)
 if accelerator.state.deepspeed_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3:
     raise SystemExit("ZeRO-3 shards the policy, and this loop calls generate on the full model: use ZeRO-2 "
                      "(configs/zero2.yaml) or DDP")
@@ -155,11 +158,9 @@ def group_rewards(rows, texts):
         words = wheel.parse_answer(text)
         gt = [wheel.map_words(wheel.split_words(sample["openset"]), wheels, k) for k in reward_wheels]
         pred = [wheel.map_words(words, wheels, k) for k in reward_wheels]
-        r_r, r_p, r_f = rewards.wheel_rewards(pred, gt)
-        r["format"].append(rewards.format_reward(text, words, sample.get("subtitle", "")))
-        r["recall"].append(r_r)
-        r["precision"].append(r_p)
-        r["f1"].append(r_f)
+        for key, v in zip(r, (rewards.format_reward(text, words, sample.get("subtitle", "")),
+                              *rewards.wheel_rewards(pred, gt))):
+            r[key].append(v)
     return r
 
 
@@ -198,12 +199,16 @@ def calibration(rows, fast_ids, fast_mask, media, completions, slow_logits):
 
 
 def log_completions(rows, texts, c_mask, r, adv, first_group):
-    """Each completion of a step with its prompt, rewards, advantage and length (one JSON line each)."""
+    """Each completion of a step with its prompt, rewards, advantage and length (one JSON line each;
+    a table in trackers that take tables, e.g. wandb)."""
+    recs = [{"step": step + 1, "prompt": sample["name"], "group": first_group + i // G, "text": text,
+             "length": int(c_mask[i].sum()), "advantage": float(adv[i]), **{k: v[i] for k, v in r.items()}}
+            for i, (sample, text) in enumerate(zip(rows, texts))]
     with open(os.path.join(OUT_DIR, "completions.jsonl"), "a") as f:
-        for i, (sample, text) in enumerate(zip(rows, texts)):
-            f.write(json.dumps({"step": step + 1, "prompt": sample["name"], "group": first_group + i // G, "text": text,
-                                "length": int(c_mask[i].sum()), "advantage": float(adv[i]),
-                                **{k: v[i] for k, v in r.items()}}) + "\n")
+        f.writelines(json.dumps(rec) + "\n" for rec in recs)
+    for tracker in accelerator.trackers:
+        if hasattr(tracker, "log_table"):
+            tracker.log_table("completions", list(recs[0]), [list(rec.values()) for rec in recs], step=step + 1)
 
 
 def save():
@@ -217,6 +222,7 @@ def save():
 
 
 os.makedirs(OUT_DIR, exist_ok=True)
+accelerator.init_trackers("tracker", config={k: str(v) for k, v in globals().items() if k.isupper()})
 if master:
     mer.take_lock(OUT_DIR)
     mer.truncate_log(OUT_DIR, step)  # a resumed run rewrites what came after its checkpoint
@@ -305,13 +311,8 @@ try:
                 for key, has in (("cali_pos", "has_pos"), ("cali_neg", "has_neg")):
                     means[key] = (grouped[key] * grouped[has]).sum().item() / max(1.0, grouped[has].sum().item())
                 means["cali_coverage"] = ((grouped["has_pos"] + grouped["has_neg"]) > 0).float().mean().item()
-                silent = means["cali_coverage"] or warned_coverage or not master  # parse only to warn
-                answered = 0 if silent else sum(bool(wheel.parse_answer(t)) for t in texts)
-                if answered:
-                    warned_coverage = True
-                    print(f"warning: step {step + 1}: {answered} completions answer, but none got a calibration "
-                          "signal (cali_coverage 0): no answer word maps to a wheel, or the answer does not start "
-                          "on a token boundary (see mer.add_tag_tokens)")
+                if master and not (means["cali_coverage"] or warned_coverage):
+                    warned_coverage = mer.warn_no_calibration(texts, step + 1)
             # task-reward ties: groups whose R_R, R_P and format are all equal (calibration aside)
             ties = [(grouped[k] == grouped[k][:, :1]).all(1) for k in ("recall", "precision", "format")]
             stats.append({"loss": loss.item(), **s, **means, "completion_len": c_mask.sum(1).float().mean().item(),
@@ -327,6 +328,7 @@ try:
                    "cpu_s": round(time.process_time() - cpu_step, 3)}
             log.write(json.dumps(rec) + "\n")
             log.flush()
+            accelerator.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=step)
             bar.set_postfix(R=f"{rec['recall']:.2f}", P=f"{rec['precision']:.2f}", fmt=f"{rec['format']:.2f}",
                             kl=f"{rec['kl']:.1e}")
             bar.update(1)
@@ -348,3 +350,4 @@ if master:
     log.write(json.dumps({"event": "end", "step": step, "world_size": accelerator.num_processes,
                           "param_checksums": checksums}) + "\n")
     print(f"done: {step} steps, checkpoint in {OUT_DIR}/last")
+accelerator.end_training()

@@ -28,6 +28,7 @@ TRAIN = "train"           # a bundled split, a .jsonl file, or mercaptionplus:DI
 SKIP_SAMPLES = 0          # drop the first N of a fixed shuffle (GRPO: the samples SFT used)
 MAX_SAMPLES = 1000        # then keep N of them (0: all); GRPO skips these
 SKIP_MISSING_MEDIA = False
+LOG_WITH = ""             # also log to accelerate trackers: tensorboard, wandb, ... (comma-separated; empty: none)
 WHEELS = ""               # wheels for the report of unmapped label words on real data (empty: ours)
 MAX_LEN = 384             # tokens per sample (prompt + target)
 MAX_PROMPT_TOKENS = 1024  # a longer text prompt gets its subtitle cut, with a warning (0: no limit)
@@ -60,13 +61,15 @@ mer.check_settings([
     (PRECISION in ("auto", "bf16", "fp32"), f"--precision={PRECISION!r}: choose auto, bf16 or fp32"),
 ])
 mer.check_writable(OUT_DIR)
+log_with = mer.trackers(LOG_WITH)
 
 # ---------------------------------------------------------------------------------------
 from accelerate import Accelerator  # noqa: E402  (after configure: --help-like errors stay fast)
 
 if THREADS:
     torch.set_num_threads(THREADS)
-accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=GRAD_ACCUM)
+accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=GRAD_ACCUM,
+                          log_with=log_with, project_dir=OUT_DIR)
 device, master = accelerator.device, accelerator.is_main_process
 bf16 = PRECISION == "bf16" or (PRECISION == "auto" and (torch.cuda.is_available() or mer.cpu_supports_bf16()))
 torch.manual_seed(SEED)
@@ -139,6 +142,7 @@ def save():
 
 
 os.makedirs(OUT_DIR, exist_ok=True)
+accelerator.init_trackers("tracker", config={k: str(v) for k, v in globals().items() if k.isupper()})
 if master:
     mer.take_lock(OUT_DIR)
     mer.truncate_log(OUT_DIR, step)  # a resumed run rewrites what came after its checkpoint
@@ -180,6 +184,7 @@ try:
                    "tokens": n_tokens, "step_s": round(time.time() - t0, 3)}
             log.write(json.dumps(rec) + "\n")
             log.flush()
+            accelerator.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=step)
             bar.set_postfix(loss=f"{loss_avg:.3f}", lr=f"{lr:.1e}")
             bar.update(1)
         stop_now = accelerator.reduce(torch.tensor(float(bool(interrupted)), device=device), "sum").item() > 0
@@ -196,3 +201,4 @@ except KeyboardInterrupt:
 bar.close()
 if master:
     print(f"done: {step} steps, checkpoint in {OUT_DIR}/last")
+accelerator.end_training()
