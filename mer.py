@@ -5,6 +5,7 @@ A sample has `name`, `subtitle`, `openset` (comma-separated emotion words) and, 
 `video`/`audio` (clues as text), `reason`, `basic`, `valence`, `video_path`, `audio_path`.
 """
 import ast
+import contextlib
 import csv
 import functools
 import importlib.util
@@ -743,6 +744,19 @@ def check_resume(ckpt, saved, config):
                          + "\nresume with the same settings, or pass --resume=False to start again in this folder")
 
 
+def log_completions(out_dir, trackers, step, rows, texts, c_mask, r, adv, first_group, g):
+    """Each completion of a GRPO step with its prompt, rewards, advantage and length: one JSON line
+    each in out_dir/completions.jsonl, and a table in the trackers that take tables (e.g. wandb)."""
+    recs = [{"step": step, "prompt": sample["name"], "group": first_group + i // g, "text": text,
+             "length": int(c_mask[i].sum()), "advantage": float(adv[i]), **{k: v[i] for k, v in r.items()}}
+            for i, (sample, text) in enumerate(zip(rows, texts))]
+    with open(os.path.join(out_dir, "completions.jsonl"), "a") as f:
+        f.writelines(json.dumps(rec) + "\n" for rec in recs)
+    for tracker in trackers:
+        if hasattr(tracker, "log_table"):
+            tracker.log_table("completions", list(recs[0]), [list(rec.values()) for rec in recs], step=step)
+
+
 def warn_no_calibration(texts, step):
     """Warn (once: returns True when it did) that completions answer but no answer got a
     calibration signal: no answer word maps to a wheel, or answers miss a token boundary."""
@@ -1030,6 +1044,20 @@ def extend_logits(model, ids, mask, positions, cache):
     """Logits at every position of `ids`, which continue the sequences held in `cache` (`mask`
     covers the cached tokens and `ids`; `positions` are the rope positions of `ids`)."""
     return model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True).logits
+
+
+@contextlib.contextmanager
+def lm_head_off(model):
+    """Inside, the model returns its last hidden states where it returned logits (its LM head is an
+    identity), for a caller that applies the head itself in chunks (rewards.chunked_logprobs).
+    The forward still goes through the model (and its DDP wrapper, which must see it)."""
+    inner = getattr(model, "module", model)
+    head = inner.lm_head
+    inner.lm_head = torch.nn.Identity()
+    try:
+        yield head
+    finally:
+        inner.lm_head = head
 
 
 def continuation_logits(model, ids, mask, media, completion, c_mask, n):

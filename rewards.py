@@ -319,6 +319,23 @@ def token_logprobs(logits, tokens, temperature=1.0):
     return torch.log_softmax(logits / temperature, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+def chunked_logprobs(hidden, head, tokens, temperature=1.0, chunk=1024):
+    """token_logprobs from the last hidden states [rows, T, H] and the LM head, `chunk` positions at
+    a time, so that the [rows, T, vocabulary] logits never exist at once (at Qwen's 151,936-token
+    vocabulary they would dominate the memory of a step). With gradients each chunk is
+    checkpointed: its logits are freed after the forward and recomputed in the backward."""
+    from torch.utils.checkpoint import checkpoint
+    flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), tokens.reshape(-1)
+
+    def piece(h, t):
+        return token_logprobs(head(h).float(), t, temperature)
+
+    out = [checkpoint(piece, flat_h[s:s + chunk], flat_t[s:s + chunk], use_reentrant=False)
+           if torch.is_grad_enabled() else piece(flat_h[s:s + chunk], flat_t[s:s + chunk])
+           for s in range(0, flat_h.shape[0], chunk)]
+    return torch.cat(out).view(tokens.shape)
+
+
 def completion_mask(completion_ids, eos_id):
     """1 for every completion token up to and including the first EOS, 0 after it; all 1 when
     there is no EOS. Built from the EOS position, never by comparing with the pad id (pad and

@@ -65,6 +65,7 @@ TEMPERATURE = 1.0
 TOP_P = 1.0
 MAX_NEW_TOKENS = 128
 MAX_PROMPT_TOKENS = 1024  # a longer text prompt gets its subtitle cut, with a warning (0: no limit)
+LOGPROB_CHUNK = 1024      # positions per chunk of the LM head in the log-prob passes (bounds the logits' memory)
 MIN_NEW_TOKENS = 0        # EOS is suppressed until then (benchmarks set MIN = MAX for a fixed length)
 # system
 PRECISION = "auto"        # auto (bf16 autocast on GPUs and bf16-capable CPUs, else fp32) | bf16 | fp32
@@ -75,8 +76,8 @@ mer.configure(globals())
 mer.check_settings([
     (VARIANT in rewards.VARIANTS, f"--variant={VARIANT!r}: choose one of {', '.join(rewards.VARIANTS)}"),
     (G >= 2, f"--g={G}: a group needs at least 2 completions (one alone always has advantage 0)"),
-    (min(PROMPTS, GRAD_ACCUM, UPDATES_PER_BATCH, MAX_NEW_TOKENS) >= 1,
-     "--prompts, --grad_accum, --updates_per_batch and --max_new_tokens must be >= 1"),
+    (min(PROMPTS, GRAD_ACCUM, UPDATES_PER_BATCH, MAX_NEW_TOKENS, LOGPROB_CHUNK) >= 1,
+     "--prompts, --grad_accum, --updates_per_batch, --max_new_tokens and --logprob_chunk must be >= 1"),
     (TEMPERATURE > 0, f"--temperature={TEMPERATURE}: GRPO needs sampled completions (greedy groups are identical)"),
     (LR >= 0 and GRAD_CLIP >= 0 and BETA >= 0, "--lr, --grad_clip and --beta must be >= 0 (grad_clip 0: no clipping)"),
     (MAX_SAMPLES >= 0 and SKIP_SAMPLES >= 0 and MAX_STEPS >= 0, "--max_samples, --skip_samples, --max_steps must be >= 0"),
@@ -143,12 +144,20 @@ tokenizer.padding_side = "left"
 first_tokens = {(k, sp): mer.category_first_tokens(wheels, k, tokenizer, sp) for k in reward_wheels for sp in (0, 1)}
 
 
-def completion_logits(model, ids, mask, media, completion, c_mask):
-    """Logits predicting each completion token (G rows per prompt; ids, mask and media hold one
-    row per prompt). The prompt runs once per group; with gradients on, its KV cache keeps its
-    graph, so the gradient through the prompt is that of the full sequences."""
+def completion_hidden(model, ids, mask, media, completion, c_mask):
+    """Last hidden states at the positions predicting each completion token (G rows per prompt; ids,
+    mask and media hold one row per prompt), and the LM head to apply to them in chunks (no
+    full-vocabulary logits). The prompt runs once per group; with gradients on, its KV cache keeps
+    its graph, so the gradient through the prompt is that of the full sequences."""
+    with autocast(), mer.lm_head_off(model) as head:
+        return mer.continuation_logits(model, ids, mask, media, completion, c_mask, G), head
+
+
+def logprobs(model, ids, mask, media, completion, c_mask):
+    """log pi(completion token) under TEMPERATURE (rows x length), and the hidden states behind them."""
+    hidden, head = completion_hidden(model, ids, mask, media, completion, c_mask)
     with autocast():
-        return mer.continuation_logits(model, ids, mask, media, completion, c_mask, G).float()
+        return rewards.chunked_logprobs(hidden, head, completion, TEMPERATURE, LOGPROB_CHUNK), hidden
 
 
 def group_rewards(rows, texts):
@@ -164,9 +173,9 @@ def group_rewards(rows, texts):
     return r
 
 
-def calibration(rows, fast_ids, fast_mask, media, completions, slow_logits):
+def calibration(rows, fast_ids, fast_mask, media, completions, slow_hidden):
     """Step 4 (Eq. 8-11): R+, R- and whether E+ / E- is non-empty, for each completion, from the slow
-    sequence (the sample itself, whose logits the policy pass already computed) and a teacher-forced
+    sequence (the sample itself, whose hidden states the policy pass already computed) and a teacher-forced
     fast sequence that puts the SAME answer token ids after the fast prompt (`<think></think><answer>`),
     with the same media. No gradient: these are rewards. A completion without a usable answer has
     neither set (R+ = R- = 0, masked out of A+ and A-)."""
@@ -180,14 +189,16 @@ def calibration(rows, fast_ids, fast_mask, media, completions, slow_logits):
     a_ids = torch.tensor([a + [eos] * (width - len(a)) for a in answers], device=device)
     a_mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in answers], device=device)
     with torch.no_grad():
-        fast_logits = completion_logits(accelerator.unwrap_model(policy), fast_ids, fast_mask, media, a_ids, a_mask)
+        fast_hidden, head = completion_hidden(accelerator.unwrap_model(policy), fast_ids, fast_mask, media, a_ids, a_mask)
     for i, b in enumerate(built):
         if not b:
             continue
         words = b[1]
-        # fast_logits[i, a] predicts answer token a; slow_logits[i, j] predicts completion token j
-        fast_lp = torch.log_softmax(fast_logits[i, [a for _, _, a, _ in words]], -1)
-        slow_lp = torch.log_softmax(slow_logits[i, [j for _, j, _, _ in words]].detach(), -1)
+        # fast_hidden[i, a] predicts answer token a; slow_hidden[i, j] predicts completion token j:
+        # the full-vocabulary distribution is needed at these few positions only
+        with torch.no_grad(), autocast():
+            fast_lp = torch.log_softmax(head(fast_hidden[i, [a for _, _, a, _ in words]]).float(), -1)
+            slow_lp = torch.log_softmax(head(slow_hidden[i, [j for _, j, _, _ in words]].detach()).float(), -1)
         gt = [wheel.map_words(wheel.split_words(rows[i]["openset"]), wheels, k) for k in reward_wheels]
         cats = [[wheel.G_w(w, wheels, k) for w, _, _, _ in words] for k in reward_wheels]
         tables = [[first_tokens[(k, int(space))] for _, _, _, space in words] for k in reward_wheels]
@@ -196,19 +207,6 @@ def calibration(rows, fast_ids, fast_mask, media, completions, slow_logits):
         for key, v in zip(out, values):
             out[key][i] = float(v)
     return out
-
-
-def log_completions(rows, texts, c_mask, r, adv, first_group):
-    """Each completion of a step with its prompt, rewards, advantage and length (one JSON line each;
-    a table in trackers that take tables, e.g. wandb)."""
-    recs = [{"step": step + 1, "prompt": sample["name"], "group": first_group + i // G, "text": text,
-             "length": int(c_mask[i].sum()), "advantage": float(adv[i]), **{k: v[i] for k, v in r.items()}}
-            for i, (sample, text) in enumerate(zip(rows, texts))]
-    with open(os.path.join(OUT_DIR, "completions.jsonl"), "a") as f:
-        f.writelines(json.dumps(rec) + "\n" for rec in recs)
-    for tracker in accelerator.trackers:
-        if hasattr(tracker, "log_table"):
-            tracker.log_table("completions", list(recs[0]), [list(rec.values()) for rec in recs], step=step + 1)
 
 
 def save():
@@ -275,21 +273,19 @@ try:
                 with accelerator.accumulate(policy):
                     # 3. log-probs: policy (with grad), old (ratio 1 when each batch is used once), reference
                     t0 = time.time()
-                    logits = completion_logits(policy, ids, mask, media, completion, c_mask)
-                    logp = rewards.token_logprobs(logits, completion, TEMPERATURE)
+                    logp, hidden = logprobs(policy, ids, mask, media, completion, c_mask)
                     if update == 0:
                         old_logp = logp.detach()
                         ref_logp = None
                         if ref is not None:
                             with torch.no_grad():
-                                ref_logits = completion_logits(ref, ids, mask, media, completion, c_mask)
-                                ref_logp = rewards.token_logprobs(ref_logits, completion, TEMPERATURE)
+                                ref_logp = logprobs(ref, ids, mask, media, completion, c_mask)[0]
                         timing["fwd_bwd_s"] += time.time() - t0
 
                         # 4. teacher-forced fast pass -> R+ and R- (Eq. 8-11)
                         t0 = time.time()
                         if calibrate:
-                            r.update(calibration(rows, fast, fast_mask, media, completions, logits))
+                            r.update(calibration(rows, fast, fast_mask, media, completions, hidden))
                         timing["fast_s"] += time.time() - t0
                         t0 = time.time()
 
@@ -297,7 +293,8 @@ try:
                         grouped = {k: torch.tensor(v, device=device).view(-1, G) for k, v in r.items()}
                         adv = rewards.advantages(VARIANT, grouped, LAMBDA_CALI, LAMBDA_FMT).flatten()
                         if master and LOG_COMPLETIONS_EVERY and (step + 1) % LOG_COMPLETIONS_EVERY == 0:
-                            log_completions(rows, texts, c_mask, r, adv, micro * PROMPTS)
+                            mer.log_completions(OUT_DIR, accelerator.trackers, step + 1, rows, texts, c_mask, r, adv,
+                                                micro * PROMPTS, G)
                     loss, s = rewards.grpo_loss(logp, old_logp, adv, c_mask, ref_logp, ETA, BETA, AGGREGATION,
                                                 MAX_NEW_TOKENS)
                     accelerator.backward(loss)  # divides by GRAD_ACCUM

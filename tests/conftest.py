@@ -32,6 +32,35 @@ def shared_prompt_gap(model, ids, mask, media, row_media, completion, c_mask, n)
     return ((shared - full).abs() * c_mask[..., None]).max().item()
 
 
+def chunked_logprob_gaps(model, ids, mask, media, completion, c_mask, n, temperature=0.7, chunk=4):
+    """Largest differences, in log-probs and in the gradients of a weighted sum of them (relative to
+    the largest gradient entry of the tensor when it is above 1: chunks change the fp32 summation
+    order), between
+    the GRPO path (LM head off, rewards.chunked_logprobs in chunks of `chunk` positions, each
+    checkpointed) and full [rows, T, vocabulary] logits then token_logprobs."""
+    import torch
+    import mer
+    import rewards
+    weights = torch.randn(completion.shape, generator=torch.Generator().manual_seed(1)) * c_mask
+
+    def run(chunked):
+        model.zero_grad()
+        if chunked:
+            with mer.lm_head_off(model) as head:
+                hidden = mer.continuation_logits(model, ids, mask, media, completion, c_mask, n)
+            logp = rewards.chunked_logprobs(hidden, head, completion, temperature, chunk)
+        else:
+            logits = mer.continuation_logits(model, ids, mask, media, completion, c_mask, n)
+            logp = rewards.token_logprobs(logits, completion, temperature)
+        (logp * weights).sum().backward()
+        return logp.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    (lp_full, g_full), (lp_chunk, g_chunk) = run(False), run(True)
+    assert set(g_full) == set(g_chunk) and any("lm_head" in k or "embed" in k for k in g_chunk)
+    return ((lp_full - lp_chunk).abs() * c_mask).max().item(), max(
+        ((g_full[k] - g_chunk[k]).abs().max() / g_full[k].abs().max().clamp(min=1.0)).item() for k in g_full)
+
+
 def reference_advantages(variant, g, lam_cali, lam_fmt, eps, zero_std):
     """Every variant's advantage for one group, written out in numpy from the definitions (README's
     decisions): `g` maps reward names to arrays of G values; A+ (A-) is normalised over the

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 import mer
 import rewards
 import wheel
-from conftest import ROOT, reference_advantages, shared_prompt_gap
+from conftest import ROOT, chunked_logprob_gaps, reference_advantages, shared_prompt_gap
 
 SMALL = ["--max_samples=32", "--skip_samples=0", "--max_new_tokens=100", "--precision=fp32", "--save_every=100", "--threads=1"]
 
@@ -82,6 +82,18 @@ def test_prompt_once_per_group_equals_the_full_sequences():
     c_mask = torch.ones_like(completion)
     c_mask[1, 3:] = 0  # a completion that ended early
     assert shared_prompt_gap(model, ids, mask, {}, {}, completion, c_mask, n=3) < 1e-5
+
+
+def test_chunked_logprobs_equal_full_logits_in_values_and_gradients():
+    torch.manual_seed(0)
+    model, tok = mer.load_model("tiny")
+    ids, mask = mer.left_pad([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]], tok.eos_token_id)
+    completion = torch.randint(5, 100, (6, 5))
+    c_mask = torch.ones_like(completion)
+    c_mask[1, 3:] = 0
+    # 30 positions in chunks of 4 (the last one short); the tiny model ties its LM head to the embeddings
+    lp_gap, grad_gap = chunked_logprob_gaps(model, ids, mask, {}, completion, c_mask, n=3)
+    assert lp_gap < 1e-5 and grad_gap < 1e-5
 
 
 def test_sampler_greedy_equals_hf_generate_and_respects_min_and_eos():

@@ -14,7 +14,7 @@ av = pytest.importorskip("av")
 pytest.importorskip("torchvision")
 
 import mer  # noqa: E402
-from conftest import ROOT, shared_prompt_gap  # noqa: E402
+from conftest import ROOT, chunked_logprob_gaps, shared_prompt_gap  # noqa: E402
 
 FRAMES = 16
 
@@ -159,6 +159,10 @@ def test_prompt_once_per_group_equals_the_full_sequences(media):
     c_mask = torch.ones_like(completion)
     c_mask[4, 2:] = 0
     assert shared_prompt_gap(model, ids, mask, inputs, row_inputs, completion, c_mask, n=3) < 1e-5
+    # the GRPO log-prob path (LM head in chunks) equals full logits, in values and gradients
+    model.train()
+    lp_gap, grad_gap = chunked_logprob_gaps(model, ids, mask, inputs, completion, c_mask, n=3)
+    assert lp_gap < 1e-5 and grad_gap < 1e-5
 
 
 def _tower_params(path):
