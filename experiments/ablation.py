@@ -37,16 +37,18 @@ PLAN = False
 REPORT = False
 ESTIMATE_S = {"sft": 1200, "grpo": 2700}  # before any run has finished here (fp32, 2 cores)
 
+# the table always shows every finished run, also when this runner does a subset (--variants, --seeds)
+table_variants, table_seeds = VARIANTS, SEEDS
 # bare --plan / --report read as --plan=True / --report=True
 configure(globals(), [a + "=True" if a in ("--plan", "--report") else a for a in sys.argv[1:]])
 
 
-def run_dirs():
+def run_dirs(variants=None, seeds=None):
     """[(name, kind, variant, seed)] in running order: SFT, then seed-major (every variant of seed 0
     first), so that an unfinished table still compares the variants."""
     out = [("sft", "sft", "sft", None)]
-    for s in str(SEEDS).split(","):
-        for v in VARIANTS.split(","):
+    for s in str(seeds or SEEDS).split(","):
+        for v in (variants or VARIANTS).split(","):
             out.append((f"{v}_s{s}", "grpo", v, int(s)))
     return out
 
@@ -88,7 +90,7 @@ def train(name, kind, variant, seed, log):
 def finished():
     """{name: result} of the runs that left a result file."""
     out = {}
-    for name, *_ in run_dirs():
+    for name, *_ in run_dirs(table_variants, table_seeds):
         path = os.path.join(ROOT, RUNS, name, "result.json")
         if os.path.isfile(path):
             out[name] = json.load(open(path))
@@ -203,8 +205,8 @@ def plot(groups):
 def report():
     done = finished()
     rows = [("SFT init", ["sft"])]
-    for v in VARIANTS.split(","):
-        names = [f"{v}_s{s}" for s in str(SEEDS).split(",") if f"{v}_s{s}" in done]
+    for v in table_variants.split(","):
+        names = [f"{v}_s{s}" for s in str(table_seeds).split(",") if f"{v}_s{s}" in done]
         if names:
             rows.append((v, names))
     get = lambda n, split, mode, key: (done[n]["results"].get(split, {}).get(mode, {}).get("scores", {})  # noqa: E731
@@ -234,7 +236,7 @@ def report():
         dl.append(f"| {label} | " + " | ".join(vals) + " |")
     tr = ["", "Training rewards per block of 10 steps (mean over the seeds' runs, finished or still training):",
           "", "| variant | runs | steps | R_R | R_P | format | KL |", "|---|---|---|---|---|---|---|"]
-    training = {v: [f"{v}_s{s}" for s in str(SEEDS).split(",")] for v in VARIANTS.split(",")}
+    training = {v: [f"{v}_s{s}" for s in str(table_seeds).split(",")] for v in table_variants.split(",")}
     for label, names in training.items():
         runs = [r for r in (curves(n) for n in names) if r[0]]
         if not runs:

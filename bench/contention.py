@@ -1,0 +1,81 @@
+"""A step of SFT, GRPO and evaluation on a quiet CPU and next to one competing process, under
+OpenMP's default waiting policy and under OMP_WAIT_POLICY=PASSIVE (set before torch loads, as the
+scripts do by default).
+
+On a shared 2-core machine two torch threads spin-wait for each other at every parallel region;
+when another process holds one core, each region waits for a time slice, and a step slows
+several-fold. PASSIVE threads sleep instead of spinning.
+
+    python bench/contention.py                  # SmolLM2 from out/sft/last (else smollm2), 3 steps each
+    python bench/contention.py --steps=2 --jobs=sft,grpo
+
+The competitor is another torch process multiplying 512 x 512 matrices on one thread. Times are
+medians of the steps after the first (SFT and GRPO: step_s of log.jsonl; evaluation: seconds per
+batch of 8 fast-mode answers, all batches).
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if "=" in a)
+STEPS = int(args.get("steps", 3))
+JOBS = args.get("jobs", "sft,grpo,eval").split(",")
+MODEL = args.get("model", "out/sft/last" if os.path.isdir(os.path.join(ROOT, "out/sft/last")) else "smollm2")
+COMPETITOR = "import torch; torch.set_num_threads(1); a = torch.randn(512, 512)\nwhile True: a @ a"
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def job(name, out, policy):
+    """Seconds per step of one job run with OMP_WAIT_POLICY = policy (None: OpenMP's default)."""
+    env = dict(os.environ, OMP_WAIT_POLICY=policy or "")  # "": OpenMP's own default (the scripts keep it)
+    if name == "sft":
+        cmd = ["train_sft.py", f"--model={MODEL}", f"--max_steps={STEPS + 1}", "--max_samples=64", "--save_every=1000"]
+    elif name == "grpo":
+        cmd = ["train_grpo.py", f"--init={MODEL}", f"--max_steps={STEPS + 1}", "--beta=0", "--save_every=1000"]
+    else:
+        cmd = ["evaluate.py", f"--ckpt={MODEL}", "--splits=test_fine", "--modes=fast", "--diagnostics=False",
+               f"--max_samples={8 * (STEPS + 1)}", "--batch_size=8", "--grpo_log="]
+    r = subprocess.run([sys.executable, *cmd, f"--out_dir={out}"], cwd=ROOT, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)}:\n{r.stderr[-2000:]}")
+    if name == "eval":
+        summary = json.load(open(os.path.join(out, "summary.json")))
+        return summary["results"]["test_fine"]["fast"]["seconds"] / (STEPS + 1)
+    rows = [json.loads(line) for line in open(os.path.join(out, "log.jsonl")) if '"event"' not in line]
+    return median([r["step_s"] for r in rows[1:]])
+
+
+def main():
+    results = {}
+    for name in JOBS:
+        for policy in (None, "PASSIVE"):
+            for loaded in (False, True):
+                other = subprocess.Popen([sys.executable, "-c", COMPETITOR]) if loaded else None
+                out = tempfile.mkdtemp()
+                try:
+                    results[(name, policy, loaded)] = job(name, out, policy)
+                finally:
+                    if other:
+                        other.kill()
+                    shutil.rmtree(out, ignore_errors=True)
+                print(name, policy or "default", "loaded" if loaded else "quiet",
+                      f"{results[(name, policy, loaded)]:.2f} s", flush=True)
+    print(f"\nmodel {MODEL}, default threads, median of {STEPS} steps after the first\n")
+    print("| job | wait policy | quiet s/step | one competitor s/step | slowdown |\n|---|---|---|---|---|")
+    for name in JOBS:
+        for policy in (None, "PASSIVE"):
+            q, l = results[(name, policy, False)], results[(name, policy, True)]
+            print(f"| {name} | {policy or 'default (ACTIVE)'} | {q:.2f} | {l:.2f} | {l / q:.1f}x |")
+        print(f"| {name} | PASSIVE / default, quiet | {results[(name, 'PASSIVE', False)] / results[(name, None, False)]:.2f}x | | |")
+
+
+if __name__ == "__main__":
+    main()
