@@ -98,3 +98,23 @@ def reference_advantages(variant, g, lam_cali, lam_fmt, eps, zero_std):
     if variant == "b2":
         return norm(np.asarray(g["recall"]) + lam_cali * pos) + norm(np.asarray(g["precision"]) + lam_cali * neg) + fmt
     raise ValueError(variant)
+
+
+def tracker_args():
+    """--log_with=tensorboard when tensorboard is installed (CI installs it), else nothing."""
+    import importlib.util
+    return ["--log_with=tensorboard"] if importlib.util.find_spec("tensorboard") else []
+
+
+def assert_tracker_equals_log(out, key):
+    """The tensorboard scalars of a run equal its log.jsonl records (skipped without tensorboard)."""
+    if not tracker_args():
+        return
+    import json
+    import os
+    import pytest
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    logged = [row for row in (json.loads(line) for line in open(os.path.join(out, "log.jsonl"))) if "event" not in row]
+    events = EventAccumulator(os.path.join(out, "tracker")).Reload().Scalars(key)
+    assert [e.step for e in events] == [row["step"] for row in logged]
+    assert [e.value for e in events] == pytest.approx([row[key] for row in logged], rel=1e-6)

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import mer
-from conftest import ROOT
+from conftest import ROOT, assert_tracker_equals_log, tracker_args
 
 TINY = ["--model=tiny", "--max_samples=8", "--fast_fraction=0", "--batch_size=4", "--grad_accum=2", "--lr=3e-3", "--warmup_steps=1",
         "--precision=fp32", "--save_every=100"]
@@ -26,8 +26,9 @@ def _weights(path):
 
 def test_sft_lowers_loss_and_checkpoint_round_trips(tmp_path):
     # 8 samples, one global batch of 8: every step sees the same batch
-    log = _sft(tmp_path / "a", "--max_steps=8")
+    log = _sft(tmp_path / "a", "--max_steps=8", *tracker_args())
     assert [r["step"] for r in log] == list(range(1, 9))
+    assert_tracker_equals_log(tmp_path / "a", "loss")   # --log_with: the same scalars in the tracker
     assert log[-1]["loss"] < log[0]["loss"] - 0.5
     ckpt = str(tmp_path / "a" / "last")
     trained = _weights(ckpt)
