@@ -78,10 +78,10 @@ if __name__ == "__main__":
     ckpt = evaluate.find_ckpt(CKPT)
     if THREADS:
         torch.set_num_threads(THREADS)
-    model, tokenizer = mer.load_model(ckpt)
     processor = mer.load_processor(ckpt)
     if mer.has_media([sample]) and processor is None:
         raise SystemExit(f"{ckpt} is a text-only model: describe the media with --video_text/--audio_text")
+    model, tokenizer = mer.load_model(ckpt)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bf16 = PRECISION == "bf16" or (PRECISION == "auto" and (torch.cuda.is_available() or mer.cpu_supports_bf16()))
     autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
