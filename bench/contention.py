@@ -73,7 +73,7 @@ def main():
     for name in JOBS:
         for policy in (None, "PASSIVE"):
             q, l = results[(name, policy, False)], results[(name, policy, True)]
-            print(f"| {name} | {policy or "OpenMP default"} | {q:.2f} | {l:.2f} | {l / q:.1f}x |")
+            print(f"| {name} | {policy or 'OpenMP default'} | {q:.2f} | {l:.2f} | {l / q:.1f}x |")
         print(f"| {name} | PASSIVE / default, quiet | {results[(name, 'PASSIVE', False)] / results[(name, None, False)]:.2f}x | | |")
 
 
