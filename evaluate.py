@@ -255,16 +255,21 @@ def report_skipped(scored, n, labels_path):
 # ---------------------------------------------------------------------------------------
 # Diagnostics (Section 3): pure functions
 
+def answer_category_confidences(word_logprobs, word_tables):
+    """{category: conf} of one answer in one wheel: Eq. (1) at the first token of each answer word,
+    from teacher-forced next-token log-probs (`word_logprobs` [n_words, vocab]; `word_tables[j]`
+    the V(c) table for word j in context), averaged over the word positions."""
+    per_word = [rewards.category_confidences(word_logprobs[j], word_tables[j]) for j in range(len(word_logprobs))]
+    return {c: sum(float(p[c]) for p in per_word) / len(per_word) for c in per_word[0]}
+
+
 def answer_confidences(word_logprobs, word_tables, gt):
-    """Eq. (1) and (2) for one answer in one wheel, from teacher-forced next-token log-probs at the
-    first token of each answer word (`word_logprobs` [n_words, vocab]; `word_tables[j]` the V(c)
-    table for word j in context). conf(c) is Eq. (1) averaged over the word positions; returns
-    (conf_gt, margin): the mean conf over ground-truth categories and Eq. (2). None when the
-    answer has no word or the ground truth no category."""
+    """Eq. (1) and (2) for one answer in one wheel (answer_category_confidences): (conf_gt, margin),
+    the mean conf over ground-truth categories and Eq. (2). None when the answer has no word or
+    the ground truth no category."""
     if not gt or len(word_logprobs) == 0:
         return None
-    per_word = [rewards.category_confidences(word_logprobs[j], word_tables[j]) for j in range(len(word_logprobs))]
-    conf = {c: sum(float(p[c]) for p in per_word) / len(per_word) for c in per_word[0]}
+    conf = answer_category_confidences(word_logprobs, word_tables)
     pos = [conf[c] for c in gt if c in conf]
     margin = rewards.confidence_margin(conf, gt)
     if not pos or margin is None:
@@ -318,8 +323,9 @@ BUNDLED_TASK = {"test_fine": "fine", "test_basic": "basic", "test_sentiment": "s
 def task_of(spec, samples):
     """fine | basic | sentiment: a `TASK:` prefix says it; else the bundled split's or MER-UniBench
     set's task; else the samples' fields (only `valence`, no `openset`: sentiment; else fine)."""
+    import mer
     prefix = spec.partition(":")[0]
-    if prefix in ("fine", "basic", "sentiment"):
+    if prefix in mer.TASKS:
         return prefix
     name = split_name(spec)
     if spec in BUNDLED_TASK or name in UNIBENCH_TASK:
@@ -566,12 +572,18 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
     return summary
 
 
+def category_tables(tokenizer, wheels):
+    """V(c) of Eq. (1) in token space for every wheel, for answer words with and without a leading
+    space: {(wheel index, leading_space): {category: first token ids}}."""
+    import mer
+    return {(k, sp): mer.category_first_tokens(wheels, k, tokenizer, sp)
+            for k in range(len(wheels.level1)) for sp in (False, True)}
+
+
 def confidence_diagnostics(tokenizer, samples, teacher, task, wheels):
     """Fig. 3c/3d: mean conf on ground-truth categories (Eq. 1) and mean margin (Eq. 2), over the
     samples whose answer parses, averaged over the wheels (`teacher`: word_logprobs per sample)."""
-    import mer
-    tables = {(k, sp): mer.category_first_tokens(wheels, k, tokenizer, sp)
-              for k in range(len(wheels.level1)) for sp in (False, True)}
+    tables = category_tables(tokenizer, wheels)
     conf_gt, margin = [], []
     for s, found in zip(samples, teacher):
         if found is None:
@@ -686,6 +698,8 @@ if __name__ == "__main__":
             judge_model, judge_tok = mer.load_model(JUDGE)
             judge = (judge_model.to(device).eval(), judge_tok)
         splits = [s for s in SPLITS.split(",") if s]
+        if not splits:
+            raise SystemExit("--splits: name at least one split")
         modes = [m for m in MODES.split(",") if m]
         bad = [m for m in modes if m not in mer.PREFIX]
         if bad:

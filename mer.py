@@ -744,7 +744,7 @@ def check_resume(ckpt, saved, config):
                          + "\nresume with the same settings, or pass --resume=False to start again in this folder")
 
 
-def log_completions(out_dir, trackers, step, rows, texts, c_mask, r, adv, first_group, g):
+def log_completions(out_dir, tracker_list, step, rows, texts, c_mask, r, adv, first_group, g):
     """Each completion of a GRPO step with its prompt, rewards, advantage and length: one JSON line
     each in out_dir/completions.jsonl, and a table in the trackers that take tables (e.g. wandb)."""
     recs = [{"step": step, "prompt": sample["name"], "group": first_group + i // g, "text": text,
@@ -752,7 +752,7 @@ def log_completions(out_dir, trackers, step, rows, texts, c_mask, r, adv, first_
             for i, (sample, text) in enumerate(zip(rows, texts))]
     with open(os.path.join(out_dir, "completions.jsonl"), "a") as f:
         f.writelines(json.dumps(rec) + "\n" for rec in recs)
-    for tracker in trackers:
+    for tracker in tracker_list:
         if hasattr(tracker, "log_table"):
             tracker.log_table("completions", list(recs[0]), [list(rec.values()) for rec in recs], step=step)
 

@@ -14,7 +14,6 @@ import torch
 
 import evaluate
 import mer
-import rewards
 import wheel
 
 CKPT = ""            # a checkpoint folder or model name; empty: out/grpo/last, else out/sft/last, else smollm2
@@ -63,12 +62,9 @@ def answer(model, tokenizer, processor, sample, mode, autocast, wheels):
     conf = None
     if teacher is not None:
         words, lp = teacher
-        conf = []
-        for k in range(len(wheels.level1)):
-            # Eq. (1) at each answer word's first token, averaged over the words (as evaluate.py does)
-            per_word = [rewards.category_confidences(lp[j], mer.category_first_tokens(wheels, k, tokenizer, sp))
-                        for j, (_, _, sp) in enumerate(words)]
-            conf.append({c: sum(float(p[c]) for p in per_word) / len(per_word) for c in per_word[0]})
+        tables = evaluate.category_tables(tokenizer, wheels)
+        conf = [evaluate.answer_category_confidences(lp, [tables[(k, sp)] for _, _, sp in words])
+                for k in range(len(wheels.level1))]
     return text, wheel.parse_answer(text), conf
 
 

@@ -90,6 +90,7 @@ mer.check_settings([
 ])
 mer.check_writable(OUT_DIR)
 log_with = mer.trackers(LOG_WITH)
+settings = {k: v for k, v in globals().items() if k.isupper()}  # saved with each checkpoint, compared on resume
 
 # ---------------------------------------------------------------------------------------
 from accelerate import Accelerator  # noqa: E402
@@ -120,7 +121,7 @@ per_step = PROMPTS * GRAD_ACCUM * accelerator.num_processes
 ckpt = mer.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME else None
 state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False) if ckpt else None
 if ckpt:
-    mer.check_resume(ckpt, state.get("config", {}), {k: v for k, v in globals().items() if k.isupper()})
+    mer.check_resume(ckpt, state.get("config", {}), settings)
 if INIT == "out/sft/last" and not os.path.isdir(INIT) and not ckpt:
     raise SystemExit(f"--init={INIT}: no such checkpoint; run `python train_sft.py` first, or pass --init=smollm2")
 policy, tokenizer = mer.load_model(ckpt or INIT)
@@ -214,13 +215,13 @@ def save():
     if master:
         mer.save_checkpoint(os.path.join(OUT_DIR, "last"), accelerator.unwrap_model(policy), tokenizer,
                             {"optimizer": optimizer.state_dict(), "rng": states, "step": step,
-                             "position": step * per_step, "config": {k: v for k, v in globals().items() if k.isupper()}},
+                             "position": step * per_step, "config": settings},
                             processor, last=globals().get("rec"))
     accelerator.wait_for_everyone()
 
 
 os.makedirs(OUT_DIR, exist_ok=True)
-accelerator.init_trackers("tracker", config={k: str(v) for k, v in globals().items() if k.isupper()})
+accelerator.init_trackers("tracker", config={k: str(v) for k, v in settings.items()})
 if master:
     mer.take_lock(OUT_DIR)
     mer.truncate_log(OUT_DIR, step)  # a resumed run rewrites what came after its checkpoint

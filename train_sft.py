@@ -62,6 +62,7 @@ mer.check_settings([
 ])
 mer.check_writable(OUT_DIR)
 log_with = mer.trackers(LOG_WITH)
+settings = {k: v for k, v in globals().items() if k.isupper()}  # saved with each checkpoint, compared on resume
 
 # ---------------------------------------------------------------------------------------
 from accelerate import Accelerator  # noqa: E402  (after configure: --help-like errors stay fast)
@@ -89,7 +90,7 @@ total_steps = MAX_STEPS or EPOCHS * len(samples) // per_step
 ckpt = mer.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME else None
 state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False) if ckpt else None
 if ckpt:
-    mer.check_resume(ckpt, state.get("config", {}), {k: v for k, v in globals().items() if k.isupper()})
+    mer.check_resume(ckpt, state.get("config", {}), settings)
 model, tokenizer = mer.load_model(ckpt or MODEL)
 samples = mer.fit_prompts(samples, tokenizer, MAX_PROMPT_TOKENS)
 processor = mer.load_processor(ckpt or MODEL)  # None for text-only models
@@ -136,13 +137,13 @@ def save():
     if master:
         mer.save_checkpoint(os.path.join(OUT_DIR, "last"), accelerator.unwrap_model(model), tokenizer,
                             {"optimizer": optimizer.state_dict(), "rng": mer.rng_state(), "step": step,
-                             "position": step * per_step, "config": {k: v for k, v in globals().items() if k.isupper()}},
+                             "position": step * per_step, "config": settings},
                             processor, last=globals().get("rec"))
     accelerator.wait_for_everyone()
 
 
 os.makedirs(OUT_DIR, exist_ok=True)
-accelerator.init_trackers("tracker", config={k: str(v) for k, v in globals().items() if k.isupper()})
+accelerator.init_trackers("tracker", config={k: str(v) for k, v in settings.items()})
 if master:
     mer.take_lock(OUT_DIR)
     mer.truncate_log(OUT_DIR, step)  # a resumed run rewrites what came after its checkpoint

@@ -35,9 +35,8 @@ def shared_prompt_gap(model, ids, mask, media, row_media, completion, c_mask, n)
 def chunked_logprob_gaps(model, ids, mask, media, completion, c_mask, n, temperature=0.7, chunk=4):
     """Largest differences, in log-probs and in the gradients of a weighted sum of them (relative to
     the largest gradient entry of the tensor when it is above 1: chunks change the fp32 summation
-    order), between
-    the GRPO path (LM head off, rewards.chunked_logprobs in chunks of `chunk` positions, each
-    checkpointed) and full [rows, T, vocabulary] logits then token_logprobs."""
+    order), between the GRPO path (LM head off, rewards.chunked_logprobs in chunks of `chunk`
+    positions, each checkpointed) and full [rows, T, vocabulary] logits then token_logprobs."""
     import torch
     import mer
     import rewards
