@@ -14,6 +14,10 @@ its peak.
 
     python bench/memory.py                              # T = 128, 256, 512, both paths
     python bench/memory.py --lengths=128 --paths=chunked --threads=1
+    python bench/memory.py --device=cuda --bf16=1    # on a GPU: torch.cuda.max_memory_allocated, bf16 autocast
+
+On a GPU, "static" and "update" are the allocator's figures (memory_allocated before the update,
+max_memory_allocated during it minus that), not the process's resident memory.
 """
 import json
 import os
@@ -28,6 +32,7 @@ args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if "=" in a)
 LENGTHS = [int(t) for t in args.get("lengths", "128,256,512").split(",")]
 PATHS = args.get("paths", "full,chunked").split(",")
 THREADS, CHUNK = int(args.get("threads", 0)), int(args.get("chunk", 1024))
+DEVICE, BF16 = args.get("device", "cpu"), bool(int(args.get("bf16", 0)))
 PROMPTS, G, PROMPT_LEN = 2, 4, 96
 SHAPE = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
              num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=4096)
@@ -49,13 +54,19 @@ def one(path, length):
     if THREADS:
         torch.set_num_threads(THREADS)
     torch.manual_seed(0)
-    policy = Qwen2ForCausalLM(Qwen2Config(**SHAPE))
-    ref = Qwen2ForCausalLM(Qwen2Config(**SHAPE)).eval().requires_grad_(False)
+    with torch.device(DEVICE):  # initialised where they run: much faster on a GPU
+        policy = Qwen2ForCausalLM(Qwen2Config(**SHAPE))
+        ref = Qwen2ForCausalLM(Qwen2Config(**SHAPE)).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
-    ids = torch.randint(100, 150000, (PROMPTS, PROMPT_LEN))
+    ids = torch.randint(100, 150000, (PROMPTS, PROMPT_LEN), device=DEVICE)
     mask = torch.ones_like(ids)
+    gpu = DEVICE.startswith("cuda")
 
     def logprobs(model, completion, c_mask):
+        with torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16, enabled=BF16):
+            return logprobs_fp32_or_autocast(model, completion, c_mask)
+
+    def logprobs_fp32_or_autocast(model, completion, c_mask):
         if path == "full":
             logits = mer.continuation_logits(model, ids, mask, {}, completion, c_mask, G).float()
             return rewards.token_logprobs(logits, completion)
@@ -64,25 +75,34 @@ def one(path, length):
         return rewards.chunked_logprobs(hidden, head, completion, 1.0, CHUNK)
 
     def update(t):
-        completion = torch.randint(100, 150000, (PROMPTS * G, t))
+        completion = torch.randint(100, 150000, (PROMPTS * G, t), device=DEVICE)
         c_mask = torch.ones_like(completion)
         logp = logprobs(policy, completion, c_mask)
         with torch.no_grad():
             ref_logp = logprobs(ref, completion, c_mask)
-        loss, _ = rewards.grpo_loss(logp, logp.detach(), torch.randn(PROMPTS * G), c_mask, ref_logp, beta=0.04)
+        loss, _ = rewards.grpo_loss(logp, logp.detach(), torch.randn(PROMPTS * G, device=DEVICE), c_mask, ref_logp,
+                                    beta=0.04)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     update(8)
-    static = kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM := VmRSS
+    if gpu:
+        torch.cuda.synchronize()
+        static = torch.cuda.memory_allocated() / 1024
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        static = kb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # VmHWM := VmRSS
     t0 = time.time()
     update(length)
+    if gpu:
+        torch.cuda.synchronize()
     seconds = time.time() - t0
-    print(json.dumps({"path": path, "T": length, "static_mb": static / 1024, "update_mb": (kb("VmHWM") - static) / 1024,
-                      "peak_mb": kb("VmHWM") / 1024, "seconds": round(seconds, 1)}), flush=True)
+    peak = torch.cuda.max_memory_allocated() / 1024 if gpu else kb("VmHWM")
+    print(json.dumps({"path": path, "T": length, "static_mb": static / 1024, "update_mb": (peak - static) / 1024,
+                      "peak_mb": peak / 1024, "seconds": round(seconds, 2)}), flush=True)
 
 
 def main():
@@ -90,12 +110,14 @@ def main():
     for length in LENGTHS:
         for path in PATHS:
             r = subprocess.run([sys.executable, __file__, f"--one={path},{length}", f"--threads={THREADS}",
-                                f"--chunk={CHUNK}"], capture_output=True, text=True, cwd=ROOT)
+                                f"--chunk={CHUNK}", f"--device={DEVICE}", f"--bf16={int(BF16)}"],
+                               capture_output=True, text=True, cwd=ROOT)
             if r.returncode != 0:
                 raise SystemExit(r.stderr[-3000:])
             rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
-    print(f"\nQwen2.5-0.5B shape (random), fp32, {PROMPTS} prompts x G = {G}, prompt {PROMPT_LEN} tokens, "
+    print(f"\nQwen2.5-0.5B shape (random), {'bf16 autocast' if BF16 else 'fp32'}, {DEVICE}, {PROMPTS} prompts x G = {G}, "
+          f"prompt {PROMPT_LEN} tokens, "
           f"chunk {CHUNK}, threads {THREADS or 'default'}\n")
     print("| T | path | static MB | update MB | peak MB | update s |\n|---|---|---|---|---|---|")
     for r in rows:

@@ -4,15 +4,19 @@
     python experiments/ablation.py --plan       # what remains, with its estimated time
     python experiments/ablation.py --report     # only rewrite RESULTS.md from the finished runs
     python experiments/ablation.py --variants=baseline,mer_r1 --seeds=1   # a subset (e.g. one per core)
+    python experiments/ablation.py --jobs=12 --threads=1   # 12 runs at a time (e.g. on one GPU)
 
 Resumable: every finished run leaves `RUNS/NAME/result.json` and is skipped next time; an
-interrupted run continues from its last checkpoint (train_grpo.py resumes by itself). Two
-runners may share the folder (a run being trained holds `RUNS/NAME/runner.lock`). The recipe is the
+interrupted run continues from its last checkpoint (train_grpo.py resumes by itself), and a run
+whose training finished (`RUNS/NAME/trained`) goes straight to its evaluation. Several runners may
+share the folder (a run in progress holds `RUNS/NAME/runner.lock`); `--jobs=N` starts N-1 more
+once the SFT checkpoint is trained. The recipe is the
 pair of config files below; the SFT-init row is the SFT checkpoint itself (greedy evaluation,
 so one number, std 0).
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +36,7 @@ OTHER = "test_basic,test_sentiment"  # HIT and WAF
 OTHER_SAMPLES = 50                 # per split of OTHER (0: all 300)
 EVAL_BATCH = 32
 THREADS = 0                        # per training / evaluation process (0: torch's default)
+JOBS = 1                           # runners at a time, sharing RUNS (one GPU holds ~12 SmolLM2 runs)
 KEEP_OPTIMIZER = False             # keep trainer_state.pt of finished runs (1 GB each for SmolLM2)
 PLAN = False
 REPORT = False
@@ -39,8 +44,6 @@ ESTIMATE_S = {"sft": 1200, "grpo": 2700}  # before any run has finished here (fp
 
 # the table always shows every finished run, also when this runner does a subset (--variants, --seeds)
 table_variants, table_seeds = VARIANTS, SEEDS
-# bare --plan / --report read as --plan=True / --report=True
-configure(globals(), [a + "=True" if a in ("--plan", "--report") else a for a in sys.argv[1:]])
 
 
 def run_dirs(variants=None, seeds=None):
@@ -77,14 +80,13 @@ def evaluate(ckpt, out, log):
 
 
 def train(name, kind, variant, seed, log):
-    """The training command of one run; returns its checkpoint folder."""
+    """The training command of one run (its checkpoint: RUNS/NAME/last)."""
     out, threads = f"{RUNS}/{name}", [f"--threads={THREADS}"] if THREADS else []
     if kind == "sft":
         sh([sys.executable, "train_sft.py", SFT_CONFIG, f"--out_dir={out}", *threads], log)
     else:
         sh([sys.executable, "train_grpo.py", GRPO_CONFIG, f"--init={RUNS}/sft/last", f"--variant={variant}",
             f"--seed={seed}", f"--out_dir={out}", *threads], log)
-    return f"{out}/last"
 
 
 def finished():
@@ -103,28 +105,65 @@ def estimate(kind, done):
     return times[len(times) // 2] if times else ESTIMATE_S[kind]
 
 
+def take_lock(lock):
+    """True when this runner now holds `lock` (a file of "host pid"). A lock left by a runner that was
+    killed on this host (its process is gone) is taken over; one from another host is respected."""
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = open(lock).read().split()
+            if len(holder) != 2 or holder[0] != socket.gethostname() or not holder[1].isdigit():
+                return False  # another host's, or one being written right now
+            try:
+                os.kill(int(holder[1]), 0)
+                return False
+            except ProcessLookupError:
+                os.remove(lock)
+                continue
+            except PermissionError:  # alive, someone else's
+                return False
+        os.write(fd, me.encode())
+        os.close(fd)
+        return True
+    return False
+
+
+def start_workers():
+    """JOBS - 1 more runners on the same folder (each skips the runs another one holds)."""
+    args = [a for a in sys.argv[1:] if not a.startswith("--jobs=")]
+    return [subprocess.Popen([sys.executable, os.path.abspath(__file__), *args, "--jobs=1"], cwd=ROOT)
+            for _ in range(JOBS - 1)]
+
+
 def run_all():
+    workers, sft = [], os.path.join(ROOT, RUNS, "sft")
+    sft_trained = lambda: any(os.path.isfile(os.path.join(sft, f)) for f in ("trained", "result.json"))  # noqa: E731
     for name, kind, variant, seed in run_dirs():
         folder = os.path.join(ROOT, RUNS, name)
+        if kind == "grpo" and not workers and sft_trained():
+            workers = start_workers()
         if os.path.isfile(os.path.join(folder, "result.json")):
             continue
-        if kind == "grpo" and not os.path.isfile(os.path.join(ROOT, RUNS, "sft", "result.json")):
+        if kind == "grpo" and not sft_trained():
             print(f"{name}: waiting for the SFT run (run the runner without a subset first)")
             return
         os.makedirs(folder, exist_ok=True)
         lock = os.path.join(folder, "runner.lock")
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+        if not take_lock(lock):
             print(f"{name}: another runner holds {lock} (delete it if none runs)")
             continue
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
         try:
             t0 = time.time()
             print(f"{name}: training ({time.strftime('%H:%M')})", flush=True)
             log = os.path.join(folder, "commands.log")
-            ckpt = train(name, kind, variant, seed, log)
+            ckpt, trained = f"{RUNS}/{name}/last", os.path.join(folder, "trained")
+            if not os.path.isfile(trained):
+                train(name, kind, variant, seed, log)
+                open(trained, "w").close()
+            if kind == "sft":
+                workers = start_workers()
             print(f"{name}: evaluating", flush=True)
             scores = evaluate(ckpt, f"{RUNS}/{name}/eval", log)
             if not KEEP_OPTIMIZER:  # the model stays (the checkpoint still loads); its optimizer goes
@@ -139,6 +178,9 @@ def run_all():
             print(f"{name}: done in {result['seconds'] / 60:.1f} min", flush=True)
         finally:
             os.remove(lock)
+    failed = sum(w.wait() != 0 for w in workers)
+    if failed:
+        raise SystemExit(f"{failed} of the {len(workers)} other runners failed (their output is above)")
 
 
 def plan():
@@ -255,6 +297,8 @@ def report():
 
 
 if __name__ == "__main__":
+    # bare --plan / --report read as --plan=True / --report=True
+    configure(globals(), [a + "=True" if a in ("--plan", "--report") else a for a in sys.argv[1:]])
     if PLAN:
         plan()
     else:

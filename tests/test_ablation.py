@@ -1,0 +1,94 @@
+"""experiments/ablation.py without models: resumability, locks, the seed statistics."""
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("ablation", os.path.join(ROOT, "experiments", "ablation.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def ablation(tmp_path, monkeypatch):
+    module = load()
+    monkeypatch.setattr(module, "RUNS", str(tmp_path / "runs"))
+    monkeypatch.setattr(module, "VARIANTS", "baseline,mer_r1")
+    monkeypatch.setattr(module, "SEEDS", "0,1")
+    calls = []
+    monkeypatch.setattr(module, "train", lambda name, *a: calls.append(("train", name)))
+
+    def evaluate(ckpt, out, log):
+        calls.append(("evaluate", ckpt.split("/")[-2]))
+        return {"test_fine": {"slow": {"scores": {"f1": 50.0}}}}
+    monkeypatch.setattr(module, "evaluate", evaluate)
+    module.calls = calls
+    return module
+
+
+def test_runs_sft_first_then_seed_major(ablation):
+    names = [n for n, *_ in ablation.run_dirs()]
+    assert names == ["sft", "baseline_s0", "mer_r1_s0", "baseline_s1", "mer_r1_s1"]
+
+
+def test_finished_runs_are_skipped_and_trained_runs_only_evaluated(ablation):
+    ablation.run_all()
+    assert ablation.calls == [(k, n) for n in ("sft", "baseline_s0", "mer_r1_s0", "baseline_s1", "mer_r1_s1")
+                              for k in ("train", "evaluate")]
+    result = json.load(open(os.path.join(ablation.RUNS, "mer_r1_s0", "result.json")))
+    assert (result["variant"], result["seed"], result["results"]["test_fine"]["slow"]["scores"]["f1"]) == ("mer_r1", 0, 50.0)
+    assert not any(f.endswith("runner.lock") for _, _, fs in os.walk(ablation.RUNS) for f in fs)
+
+    ablation.calls.clear()
+    ablation.run_all()
+    assert ablation.calls == []  # every run left its result
+
+    # interrupted during its evaluation: the training is not repeated
+    os.remove(os.path.join(ablation.RUNS, "baseline_s1", "result.json"))
+    ablation.run_all()
+    assert ablation.calls == [("evaluate", "baseline_s1")]
+
+
+def test_grpo_runs_wait_for_the_sft_checkpoint(ablation):
+    ablation.VARIANTS = "mer_r1"
+    os.makedirs(os.path.join(ablation.RUNS, "sft"))
+    open(os.path.join(ablation.RUNS, "sft", "runner.lock"), "w").write(f"{socket.gethostname()} {os.getpid()}")
+    ablation.run_all()  # the SFT run is held by a live runner and not trained yet: nothing starts
+    assert ablation.calls == []
+
+
+def test_stale_locks_are_taken_over_live_and_foreign_ones_respected(tmp_path):
+    ablation = load()
+    lock, host = str(tmp_path / "runner.lock"), socket.gethostname()
+    assert ablation.take_lock(lock)
+    assert open(lock).read() == f"{host} {os.getpid()}"
+    assert not ablation.take_lock(lock)  # held by a live process (this one)
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    open(lock, "w").write(f"{host} {gone.pid}")
+    assert ablation.take_lock(lock)  # its runner was killed: taken over
+    assert open(lock).read() == f"{host} {os.getpid()}"
+
+    for other in (f"elsewhere-{host} {gone.pid}", "12345", ""):  # another host's, an old format, being written
+        open(lock, "w").write(other)
+        assert not ablation.take_lock(lock)
+        assert open(lock).read() == other
+
+
+def test_mean_and_sample_std_over_seeds():
+    ablation = load()
+    m, s = ablation.mean_std([70.64, 67.20, 70.64])
+    assert m == pytest.approx(69.4933, abs=1e-4)
+    assert s == pytest.approx(1.98608, abs=1e-4)  # sample std (n - 1), as in the tables
+    assert ablation.mean_std([None]) == (None, None)
+    assert ablation.cell([1.0, 2.0, 3.0, 4.0]) == "2.50 ± 1.29"
