@@ -1020,6 +1020,43 @@ def forward_logits(model, ids, mask, media=None, keep=0):
     return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
 
 
+def enable_grad_checkpointing(model):
+    """Gradient checkpointing of every layer (HF's, non-reentrant): a layer keeps only its input and
+    is recomputed in the backward. The layers may keep the KV cache under it because, with
+    gradients on, they only read one (continuation_logits hands them a read-only prefix, and the
+    prompt pass that writes it is not checkpointed). Checkpointing acts in training mode only."""
+    inner = getattr(model, "module", model)
+    inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    for m in inner.modules():
+        if getattr(m, "gradient_checkpointing", False):
+            m._can_checkpoint_with_cache = True
+    inner.train()
+
+
+@contextlib.contextmanager
+def checkpointing_off(model):
+    """Inside, no layer is checkpointed (for the pass that writes a KV cache: a recomputed layer
+    would write it twice)."""
+    layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for m in layers:
+        m.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.gradient_checkpointing = True
+
+
+def read_only(cache):
+    """`cache` as a fixed prefix: each layer's update returns prefix + new keys and values without
+    storing them, so a layer recomputed by gradient checkpointing sees the same prefix again."""
+    def update(key_states, value_states, layer_idx, *args, **kwargs):
+        layer = cache.layers[layer_idx]
+        return torch.cat([layer.keys, key_states], -2), torch.cat([layer.values, value_states], -2)
+    cache.update = update
+    return cache
+
+
 def prompt_cache(model, ids, mask, media=None, n=1):
     """KV cache of left-padded prompts without their last token, for n rows per prompt, and the
     rope position of that last token in each row. The prompts run once, not n times: the cache is
@@ -1030,12 +1067,14 @@ def prompt_cache(model, ids, mask, media=None, n=1):
     # gradients from hooks on the parameters, and the continuation goes through the wrapper
     body = getattr(model, "module", model).base_model
     ids, mask = ids[:, :-1], mask[:, :-1]
-    if is_omni(model):
-        out = body(input_ids=ids, attention_mask=mask, use_cache=True, **(media or {}))
-        position = mask.sum(1) + body.rope_deltas.view(-1).to(mask.device)
-    else:
-        out = body(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
-        position = mask.sum(1)
+    with checkpointing_off(body):
+        if is_omni(model):
+            out = body(input_ids=ids, attention_mask=mask, use_cache=True, **(media or {}))
+            position = mask.sum(1) + body.rope_deltas.view(-1).to(mask.device)
+        else:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+            position = mask.sum(1)
     out.cache.batch_repeat_interleave(n)
     return out.cache, position.repeat_interleave(n)
 
@@ -1066,6 +1105,7 @@ def continuation_logits(model, ids, mask, media, completion, c_mask, n):
     (prompt_cache) and its n rows continue from its last token, so the LM head runs at
     completion positions only."""
     cache, position = prompt_cache(model, ids, mask, media, n)
+    cache = read_only(cache)  # one pass reads it: nothing to store, and checkpointing may recompute
     x = torch.cat([ids[:, -1:].repeat_interleave(n, 0), completion[:, :-1]], 1)
     x_mask = torch.cat([mask.repeat_interleave(n, 0), c_mask[:, :-1]], 1)
     positions = position[:, None] + torch.arange(x.shape[1], device=x.device)

@@ -3,6 +3,7 @@ randomly initialised, fp32 on the CPU), by log-prob path:
 
   full     [rows, T, vocabulary] logits, then log_softmax (the path before chunking)
   chunked  the LM head CHUNK positions at a time, each chunk checkpointed (train_grpo.py's path)
+  checkpointed  chunked + gradient checkpointing of every layer (GRAD_CHECKPOINTING = True)
 
 One update = train_grpo.py's passes with fixed completions (no sampling): the policy's forward
 over 2 prompts x G = 4 completions of T tokens (each prompt run once, its KV cache shared by its
@@ -12,7 +13,7 @@ the peak is reset (/proc/self/clear_refs) and one update at T is measured. "stat
 resident memory before it (policy, reference, AdamW moments), "update" what the update adds at
 its peak.
 
-    python bench/memory.py                              # T = 128, 256, 512, both paths
+    python bench/memory.py                              # T = 128, 256, 512, every path
     python bench/memory.py --lengths=128 --paths=chunked --threads=1
     python bench/memory.py --device=cuda --bf16=1    # on a GPU: torch.cuda.max_memory_allocated, bf16 autocast
 
@@ -30,7 +31,7 @@ sys.path.insert(0, ROOT)
 
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if "=" in a)
 LENGTHS = [int(t) for t in args.get("lengths", "128,256,512").split(",")]
-PATHS = args.get("paths", "full,chunked").split(",")
+PATHS = args.get("paths", "full,chunked,checkpointed").split(",")
 THREADS, CHUNK = int(args.get("threads", 0)), int(args.get("chunk", 1024))
 DEVICE, BF16 = args.get("device", "cpu"), bool(int(args.get("bf16", 0)))
 PROMPTS, G, PROMPT_LEN = 2, 4, 96
@@ -57,6 +58,8 @@ def one(path, length):
     with torch.device(DEVICE):  # initialised where they run: much faster on a GPU
         policy = Qwen2ForCausalLM(Qwen2Config(**SHAPE))
         ref = Qwen2ForCausalLM(Qwen2Config(**SHAPE)).eval().requires_grad_(False)
+    if path == "checkpointed":
+        mer.enable_grad_checkpointing(policy)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
     ids = torch.randint(100, 150000, (PROMPTS, PROMPT_LEN), device=DEVICE)
     mask = torch.ones_like(ids)

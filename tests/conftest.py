@@ -60,6 +60,38 @@ def chunked_logprob_gaps(model, ids, mask, media, completion, c_mask, n, tempera
         ((g_full[k] - g_chunk[k]).abs().max() / g_full[k].abs().max().clamp(min=1.0)).item() for k in g_full)
 
 
+def checkpointing_gaps(model, ids, mask, media, completion, c_mask, n):
+    """The GRPO log-prob path (prompt cache, LM head in chunks) on `model` and on a copy with
+    mer.enable_grad_checkpointing: the largest differences in log-probs and in gradients (relative,
+    as above), and how often the first decoder layer's attention ran in each (forward, backward)."""
+    import copy
+    import torch
+    import mer
+    import rewards
+    weights = torch.randn(completion.shape, generator=torch.Generator().manual_seed(1)) * c_mask
+
+    def run(m):
+        calls = []
+        first = next(mod for name, mod in m.named_modules()  # the language model's, not a tower's
+                     if name in ("model.layers.0.self_attn", "model.language_model.layers.0.self_attn"))
+        hook = first.register_forward_pre_hook(lambda *a: calls.append(1))
+        m.zero_grad()
+        with mer.lm_head_off(m) as head:
+            hidden = mer.continuation_logits(m, ids, mask, media, completion, c_mask, n)
+        logp = rewards.chunked_logprobs(hidden, head, completion, 1.0, 4)
+        (logp * weights).sum().backward()
+        hook.remove()
+        return logp.detach(), {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}, len(calls)
+
+    model.train()
+    checkpointed = copy.deepcopy(model)
+    mer.enable_grad_checkpointing(checkpointed)
+    (lp, g, calls), (lp_c, g_c, calls_c) = run(model), run(checkpointed)
+    assert set(g) == set(g_c)
+    return ((lp - lp_c).abs() * c_mask).max().item(), max(
+        ((g[k] - g_c[k]).abs().max() / g[k].abs().max().clamp(min=1.0)).item() for k in g), calls, calls_c
+
+
 def reference_advantages(variant, g, lam_cali, lam_fmt, eps, zero_std):
     """Every variant's advantage for one group, written out in numpy from the definitions (README's
     decisions): `g` maps reward names to arrays of G values; A+ (A-) is normalised over the

@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 import os
@@ -12,7 +13,7 @@ from transformers import AutoModelForCausalLM
 import mer
 import rewards
 import wheel
-from conftest import (ROOT, assert_tracker_equals_log, chunked_logprob_gaps, reference_advantages, shared_prompt_gap,
+from conftest import (ROOT, assert_tracker_equals_log, checkpointing_gaps, chunked_logprob_gaps, reference_advantages, shared_prompt_gap,
                       tracker_args)
 
 SMALL = ["--max_samples=32", "--skip_samples=0", "--max_new_tokens=100", "--precision=fp32", "--save_every=100", "--threads=1"]
@@ -95,6 +96,32 @@ def test_chunked_logprobs_equal_full_logits_in_values_and_gradients():
     # 30 positions in chunks of 4 (the last one short); the tiny model ties its LM head to the embeddings
     lp_gap, grad_gap = chunked_logprob_gaps(model, ids, mask, {}, completion, c_mask, n=3)
     assert lp_gap < 1e-5 and grad_gap < 1e-5
+
+
+def test_grad_checkpointing_gives_the_same_logprobs_and_gradients():
+    torch.manual_seed(0)
+    model, tok = mer.load_model("tiny")
+    ids, mask = mer.left_pad([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]], tok.eos_token_id)
+    completion = torch.randint(5, 100, (6, 5))
+    c_mask = torch.ones_like(completion)
+    c_mask[1, 3:] = 0
+    lp_gap, grad_gap, calls, calls_checkpointed = checkpointing_gaps(model, ids, mask, {}, completion, c_mask, n=3)
+    assert lp_gap < 1e-5 and grad_gap < 1e-5
+    # the prompt pass and the continuation; checkpointed, the continuation's layer runs again in the backward
+    assert (calls, calls_checkpointed) == (2, 3)
+
+    # full sequences, as in SFT
+    labels = torch.randint(5, 100, (2, 6))
+
+    def grads(m):
+        m.zero_grad()
+        m(input_ids=labels, labels=labels).loss.backward()
+        return {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}
+    model.train()
+    checkpointed = copy.deepcopy(model)
+    mer.enable_grad_checkpointing(checkpointed)
+    g, g_c = grads(model), grads(checkpointed)
+    assert max((g[k] - g_c[k]).abs().max().item() for k in g) < 1e-5
 
 
 def test_sampler_greedy_equals_hf_generate_and_respects_min_and_eos():

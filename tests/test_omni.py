@@ -14,7 +14,7 @@ av = pytest.importorskip("av")
 pytest.importorskip("torchvision")
 
 import mer  # noqa: E402
-from conftest import ROOT, chunked_logprob_gaps, shared_prompt_gap  # noqa: E402
+from conftest import ROOT, checkpointing_gaps, chunked_logprob_gaps, shared_prompt_gap  # noqa: E402
 
 FRAMES = 16
 
@@ -163,6 +163,9 @@ def test_prompt_once_per_group_equals_the_full_sequences(media):
     model.train()
     lp_gap, grad_gap = chunked_logprob_gaps(model, ids, mask, inputs, completion, c_mask, n=3)
     assert lp_gap < 1e-5 and grad_gap < 1e-5
+    # and gradient checkpointing changes neither (the towers run in the prompt pass, not checkpointed)
+    lp_gap, grad_gap, calls, calls_checkpointed = checkpointing_gaps(model, ids, mask, inputs, completion, c_mask, n=3)
+    assert lp_gap < 1e-5 and grad_gap < 1e-5 and (calls, calls_checkpointed) == (2, 3)
 
 
 def _tower_params(path):
@@ -190,7 +193,7 @@ def test_sft_and_grpo_steps_move_the_towers(omni_data, tmp_path):
     assert sum(not torch.equal(base[k], sft[k]) for k in base) >= len(base) - 2
     _run("train_grpo.py", f"--init={tmp_path / 'sft' / 'last'}", f"--train={omni_data}", "--skip_samples=0",
          f"--out_dir={tmp_path / 'grpo'}", "--max_steps=1", "--max_new_tokens=24", "--precision=fp32", "--lr=1e-3",
-         "--threads=1")
+         "--threads=1", "--grad_checkpointing=True")
     rec = json.loads(open(tmp_path / "grpo" / "log.jsonl").readline())
     assert rec["zero_var_groups"] < 1 and rec["fast_s"] > 0
     grpo = _tower_params(tmp_path / "grpo" / "last")
