@@ -704,7 +704,11 @@ def save_checkpoint(path, model, tokenizer, state, processor=None, last=None):
     resume) atomically: into `path.tmp`, then renamed over `path`."""
     tmp, old = path + ".tmp", path + ".old"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    adapters = lora_state(model)
+    model.save_pretrained(tmp, state_dict=merged_state_dict(model) if adapters else None)
+    if adapters:  # resuming needs them apart from the merged weights
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in adapters.items()}, os.path.join(tmp, "adapters.safetensors"))
     (processor or tokenizer).save_pretrained(tmp)
     torch.save(state, os.path.join(tmp, "trainer_state.pt"))
     with open(os.path.join(tmp, "README.md"), "w") as f:
@@ -1018,6 +1022,62 @@ def forward_logits(model, ids, mask, media=None, keep=0):
         return logits[:, -keep:] if keep else logits
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+
+
+# LoRA targets: the language model's attention and MLP projections. Qwen2.5-Omni's audio tower and
+# vision blocks stay frozen, as is usual for LoRA on multimodal LMs: their features reach the answer
+# only through the LM's attention, which the adapters change. A fork that wants them adapted
+# widens this pattern.
+LORA_TARGETS = r"^(?!.*(audio_tower|visual)).*\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$"
+
+
+def add_lora(model, r, ckpt=None):
+    """Rank-r adapters (peft, alpha = 2r) on LORA_TARGETS, in place (the model keeps its class, so
+    every pass here runs unchanged); only the adapters train. With `ckpt`, its adapters are loaded."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise SystemExit("LORA_R > 0 needs peft: pip install peft (or --lora_r=0)")
+    inject_adapter_in_model(LoraConfig(r=r, lora_alpha=2 * r, target_modules=LORA_TARGETS), model)
+    for name, p in model.named_parameters():
+        p.requires_grad = "lora_" in name
+    if ckpt:
+        from safetensors.torch import load_file
+        adapters = load_file(os.path.join(ckpt, "adapters.safetensors"))
+        if set(adapters) != set(lora_state(model)):
+            raise SystemExit(f"{ckpt}/adapters.safetensors does not hold this model's adapters (other LoRA settings?)")
+        model.load_state_dict(adapters, strict=False)
+    return model
+
+
+def lora_state(model):
+    """{name: tensor} of the adapters' weights ({} without LoRA)."""
+    return {k: v for k, v in model.state_dict().items() if "lora_" in k}
+
+
+@contextlib.contextmanager
+def adapters_off(model):
+    """Inside, a LoRA model is its base model (the reference of Eq. 3 without a second copy); a model
+    without adapters is unchanged."""
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "enable_adapters")]
+    for m in layers:
+        m.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.enable_adapters(True)
+
+
+def merged_state_dict(model):
+    """The state dict of the plain model, each adapter folded into its weight (W + scale B A), which
+    `from_pretrained` loads without peft."""
+    from peft.tuners.lora import LoraLayer
+    out = {k.replace(".base_layer.", "."): v for k, v in model.state_dict().items() if "lora_" not in k}
+    for name, m in model.named_modules():
+        if isinstance(m, LoraLayer):
+            out[name + ".weight"] = m.get_base_layer().weight + m.get_delta_weight(m.active_adapters[0])
+    return out
 
 
 def enable_grad_checkpointing(model):

@@ -69,6 +69,7 @@ LOGPROB_CHUNK = 1024      # positions per chunk of the LM head in the log-prob p
 MIN_NEW_TOKENS = 0        # EOS is suppressed until then (benchmarks set MIN = MAX for a fixed length)
 # system
 PRECISION = "auto"        # auto (bf16 autocast on GPUs and bf16-capable CPUs, else fp32) | bf16 | fp32
+LORA_R = 0                # > 0: only rank-r adapters train (peft); the reference is the policy with them off
 GRAD_CHECKPOINTING = False  # recompute each layer in the backward: less activation memory, ~1/3 more compute
 THREADS = 0               # CPU threads (0: torch's default, one per physical core)
 SEED = 0
@@ -125,11 +126,13 @@ if ckpt:
     mer.check_resume(ckpt, state.get("config", {}), settings)
 if INIT == "out/sft/last" and not os.path.isdir(INIT) and not ckpt:
     raise SystemExit(f"--init={INIT}: no such checkpoint; run `python train_sft.py` first, or pass --init=smollm2")
-policy, tokenizer = mer.load_model(ckpt or INIT)
+policy, tokenizer = mer.load_model(INIT if LORA_R else ckpt or INIT)  # LoRA resumes INIT + its saved adapters
+if LORA_R:
+    mer.add_lora(policy, LORA_R, ckpt)
 samples = mer.fit_prompts(samples, tokenizer, MAX_PROMPT_TOKENS)
 processor = mer.load_processor(ckpt or INIT)  # None for text-only models
-ref = mer.load_model(INIT)[0].to(device).eval().requires_grad_(False) if BETA else None
-optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+ref = mer.load_model(INIT)[0].to(device).eval().requires_grad_(False) if BETA and not LORA_R else None
+optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=LR, weight_decay=WEIGHT_DECAY)
 step = 0
 if ckpt:
     optimizer.load_state_dict(state["optimizer"])
@@ -281,9 +284,9 @@ try:
                     if update == 0:
                         old_logp = logp.detach()
                         ref_logp = None
-                        if ref is not None:
-                            with torch.no_grad():
-                                ref_logp = logprobs(ref, ids, mask, media, completion, c_mask)[0]
+                        if BETA:  # with LoRA, the policy with its adapters off
+                            with torch.no_grad(), mer.adapters_off(policy):
+                                ref_logp = logprobs(policy if ref is None else ref, ids, mask, media, completion, c_mask)[0]
                         timing["fwd_bwd_s"] += time.time() - t0
 
                         # 4. teacher-forced fast pass -> R+ and R- (Eq. 8-11)

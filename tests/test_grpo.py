@@ -2,6 +2,7 @@ import copy
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -242,6 +243,33 @@ def test_resume_reaches_the_same_weights(tiny_sft, tmp_path):
     assert "beta: 0.04 in the checkpoint, 0.1 now" in r.stderr and "--resume=False" in r.stderr
     _run([f"--out_dir={tmp_path / 'cut'}", *args, "--max_steps=5"])
     assert [r["step"] for r in _log(tmp_path / "cut") if "event" not in r] == [1, 2, 3, 4, 5]
+
+
+def test_lora_trains_adapters_against_the_base_and_saves_merged_weights(tiny_sft, tmp_path):
+    pytest.importorskip("peft")
+    from safetensors.torch import load_file
+    args = [f"--init={tiny_sft}", "--max_steps=2", "--lr=1e-2", "--lora_r=4", *SMALL]
+    _run([f"--out_dir={tmp_path / 'full'}", *args])
+    log = [r for r in _log(tmp_path / "full") if "event" not in r]
+    # step 1 starts with B = 0 (policy = reference); at step 2 the reference is still the base model
+    assert log[0]["kl"] == pytest.approx(0, abs=1e-7) and log[1]["kl"] > 1e-6
+    init, merged = _weights(tiny_sft), _weights(tmp_path / "full" / "last")  # plain from_pretrained, no peft
+    changed = {k for k in init if not torch.equal(init[k], merged[k])}
+    targets = {k for k in init if re.match(mer.LORA_TARGETS, k.removesuffix(".weight"))}
+    assert changed == targets and len(targets) == 2 * 7  # two layers x q, k, v, o, gate, up, down
+    adapters = load_file(tmp_path / "full" / "last" / "adapters.safetensors")
+    assert len(adapters) == 2 * len(targets)  # lora_A and lora_B of each
+    # resuming loads the base and the saved adapters: the same merged weights as the uninterrupted run
+    _run([f"--out_dir={tmp_path / 'cut'}", "--stop_after=1", *args])
+    _run([f"--out_dir={tmp_path / 'cut'}", *args])
+    cut = _weights(tmp_path / "cut" / "last")
+    assert all(torch.allclose(merged[k], cut[k], atol=1e-6) for k in merged)
+    # two processes (DDP) keep the same adapters
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    _run([f"--out_dir={tmp_path / 'ddp'}", *args], launcher)
+    end = _log(tmp_path / "ddp")[-1]
+    assert end["world_size"] == 2 and end["param_checksums"][0] == end["param_checksums"][1]
 
 
 def test_two_processes_stay_in_sync(tiny_sft, tmp_path):

@@ -168,6 +168,35 @@ def test_prompt_once_per_group_equals_the_full_sequences(media):
     assert lp_gap < 1e-5 and grad_gap < 1e-5 and (calls, calls_checkpointed) == (2, 3)
 
 
+def test_lora_adapts_the_language_model_only_and_merges_into_a_plain_thinker(media, tmp_path):
+    pytest.importorskip("peft")
+    import copy
+    torch.manual_seed(0)
+    base, tok = mer.load_model("tiny-omni")
+    processor = mer.load_processor("tiny-omni")
+    model = mer.add_lora(copy.deepcopy(base), 4)
+    adapted = {name.split(".lora_")[0] for name in mer.lora_state(model)}
+    assert adapted and all(name.startswith("model.language_model.layers.") for name in adapted)
+    assert {p.requires_grad for n, p in model.named_parameters()} == {True, False}
+    assert all(("lora_" in n) == p.requires_grad for n, p in model.named_parameters())
+    for name, p in mer.lora_state(model).items():
+        if "lora_B" in name:
+            p.normal_(0, 0.1)  # as if trained
+    sample = {"name": "x", "subtitle": "We won!", "openset": "happy", "video_path": media["video"],
+              "audio_path": media["wav"]}
+    prompts, inputs = mer.encode_prompts([sample], tok, "slow", processor)
+    ids = torch.tensor(prompts)
+    with torch.no_grad():
+        lora, plain = model(input_ids=ids, **inputs).logits, base(input_ids=ids, **inputs).logits
+        with mer.adapters_off(model):
+            off = model(input_ids=ids, **inputs).logits
+        merged = copy.deepcopy(base)
+        merged.load_state_dict(mer.merged_state_dict(model))
+        folded = merged(input_ids=ids, **inputs).logits
+    assert (lora - plain).abs().max() > 1e-3  # the adapters act on a prompt with media
+    assert torch.equal(off, plain) and (folded - lora).abs().max() < 1e-5
+
+
 def _tower_params(path):
     from safetensors.torch import load_file
     weights = load_file(os.path.join(path, "model.safetensors"))
