@@ -81,7 +81,7 @@ mer.check_settings([
     (min(PROMPTS, GRAD_ACCUM, UPDATES_PER_BATCH, MAX_NEW_TOKENS, LOGPROB_CHUNK) >= 1,
      "--prompts, --grad_accum, --updates_per_batch, --max_new_tokens and --logprob_chunk must be >= 1"),
     (TEMPERATURE > 0, f"--temperature={TEMPERATURE}: GRPO needs sampled completions (greedy groups are identical)"),
-    (LR >= 0 and GRAD_CLIP >= 0 and BETA >= 0, "--lr, --grad_clip and --beta must be >= 0 (grad_clip 0: no clipping)"),
+    (min(LR, GRAD_CLIP, BETA, LORA_R) >= 0, "--lr, --grad_clip, --beta, --lora_r must be >= 0 (0: no clipping, no LoRA)"),
     (MAX_SAMPLES >= 0 and SKIP_SAMPLES >= 0 and MAX_STEPS >= 0, "--max_samples, --skip_samples, --max_steps must be >= 0"),
     (all(k.strip() in ("1", "2", "3", "4", "5") for k in str(REWARD_WHEELS).split(",")),
      f"--reward_wheels={REWARD_WHEELS!r}: a comma-separated subset of 1,2,3,4,5"),
@@ -127,8 +127,7 @@ if ckpt:
 if INIT == "out/sft/last" and not os.path.isdir(INIT) and not ckpt:
     raise SystemExit(f"--init={INIT}: no such checkpoint; run `python train_sft.py` first, or pass --init=smollm2")
 policy, tokenizer = mer.load_model(INIT if LORA_R else ckpt or INIT)  # LoRA resumes INIT + its saved adapters
-if LORA_R:
-    mer.add_lora(policy, LORA_R, ckpt)
+policy = mer.add_lora(policy, LORA_R, ckpt) if LORA_R else policy
 samples = mer.fit_prompts(samples, tokenizer, MAX_PROMPT_TOKENS)
 processor = mer.load_processor(ckpt or INIT)  # None for text-only models
 ref = mer.load_model(INIT)[0].to(device).eval().requires_grad_(False) if BETA and not LORA_R else None

@@ -4,6 +4,7 @@ randomly initialised, fp32 on the CPU), by log-prob path:
   full     [rows, T, vocabulary] logits, then log_softmax (the path before chunking)
   chunked  the LM head CHUNK positions at a time, each chunk checkpointed (train_grpo.py's path)
   checkpointed  chunked + gradient checkpointing of every layer (GRAD_CHECKPOINTING = True)
+  lora     chunked + rank-8 adapters (LORA_R = 8): no reference copy, AdamW for the adapters only
 
 One update = train_grpo.py's passes with fixed completions (no sampling): the policy's forward
 over 2 prompts x G = 4 completions of T tokens (each prompt run once, its KV cache shared by its
@@ -31,7 +32,7 @@ sys.path.insert(0, ROOT)
 
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if "=" in a)
 LENGTHS = [int(t) for t in args.get("lengths", "128,256,512").split(",")]
-PATHS = args.get("paths", "full,chunked,checkpointed").split(",")
+PATHS = args.get("paths", "full,chunked,checkpointed,lora").split(",")
 THREADS, CHUNK = int(args.get("threads", 0)), int(args.get("chunk", 1024))
 DEVICE, BF16 = args.get("device", "cpu"), bool(int(args.get("bf16", 0)))
 PROMPTS, G, PROMPT_LEN = 2, 4, 96
@@ -57,10 +58,12 @@ def one(path, length):
     torch.manual_seed(0)
     with torch.device(DEVICE):  # initialised where they run: much faster on a GPU
         policy = Qwen2ForCausalLM(Qwen2Config(**SHAPE))
-        ref = Qwen2ForCausalLM(Qwen2Config(**SHAPE)).eval().requires_grad_(False)
+        ref = None if path == "lora" else Qwen2ForCausalLM(Qwen2Config(**SHAPE)).eval().requires_grad_(False)
     if path == "checkpointed":
         mer.enable_grad_checkpointing(policy)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
+    if path == "lora":
+        mer.add_lora(policy, 8)
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-6)
     ids = torch.randint(100, 150000, (PROMPTS, PROMPT_LEN), device=DEVICE)
     mask = torch.ones_like(ids)
     gpu = DEVICE.startswith("cuda")
@@ -81,8 +84,8 @@ def one(path, length):
         completion = torch.randint(100, 150000, (PROMPTS * G, t), device=DEVICE)
         c_mask = torch.ones_like(completion)
         logp = logprobs(policy, completion, c_mask)
-        with torch.no_grad():
-            ref_logp = logprobs(ref, completion, c_mask)
+        with torch.no_grad(), mer.adapters_off(policy):
+            ref_logp = logprobs(policy if ref is None else ref, completion, c_mask)
         loss, _ = rewards.grpo_loss(logp, logp.detach(), torch.randn(PROMPTS * G, device=DEVICE), c_mask, ref_logp,
                                     beta=0.04)
         loss.backward()
