@@ -37,6 +37,7 @@ OTHER_SAMPLES = 50                 # per split of OTHER (0: all 300)
 EVAL_BATCH = 32
 THREADS = 0                        # per training / evaluation process (0: torch's default)
 JOBS = 1                           # runners at a time, sharing RUNS (one GPU holds ~12 SmolLM2 runs)
+WORKER = False                     # started by another runner: runs, but leaves the report to it
 KEEP_OPTIMIZER = False             # keep trainer_state.pt of finished runs (1 GB each for SmolLM2)
 PLAN = False
 REPORT = False
@@ -133,7 +134,7 @@ def take_lock(lock):
 def start_workers():
     """JOBS - 1 more runners on the same folder (each skips the runs another one holds)."""
     args = [a for a in sys.argv[1:] if not a.startswith("--jobs=")]
-    return [subprocess.Popen([sys.executable, os.path.abspath(__file__), *args, "--jobs=1"], cwd=ROOT)
+    return [subprocess.Popen([sys.executable, os.path.abspath(__file__), *args, "--jobs=1", "--worker=True"], cwd=ROOT)
             for _ in range(JOBS - 1)]
 
 
@@ -152,7 +153,7 @@ def run_all():
         os.makedirs(folder, exist_ok=True)
         lock = os.path.join(folder, "runner.lock")
         if not take_lock(lock):
-            print(f"{name}: another runner holds {lock} (delete it if none runs)")
+            print(f"{name}: another runner has it ({lock}: host and process)")
             continue
         try:
             t0 = time.time()
@@ -304,6 +305,8 @@ if __name__ == "__main__":
     else:
         if not REPORT:
             run_all()
+        if WORKER:
+            raise SystemExit(0)
         table = report()
         # the generated part sits between two markers; the text around it is written by hand
         path = os.path.join(ROOT, RESULTS)
