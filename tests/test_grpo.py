@@ -185,9 +185,9 @@ def test_one_step_changes_weights_and_logs_finite_values(tiny_sft, tmp_path):
     assert card.startswith("# mer-r1 checkpoint: GRPO (variant `mer_r1`)") and "step 2 of 2" in card
 
 
-# one variant per path through train_grpo.py: no fast pass, no fast pass with RD+AD, the fast pass,
-# word-level confidences; every variant's definition is checked against the reference in test_rewards.py
-@pytest.mark.parametrize("variant", ["baseline", "rd_ad", "mer_r1", "a1"])
+# one variant per path through train_grpo.py: no fast pass, the fast pass, word-level confidences;
+# every variant's definition is checked against the reference in test_rewards.py
+@pytest.mark.parametrize("variant", ["baseline", "mer_r1", "a1"])
 def test_each_variant_gives_its_advantage_in_the_run(tiny_sft, tmp_path, variant):
     # the logged rewards of every completion, through an independent numpy reference of the
     # variant's definition, must give the advantage the run trained with
@@ -266,12 +266,6 @@ def test_lora_trains_adapters_against_the_base_and_saves_merged_weights(tiny_sft
     _run([f"--out_dir={tmp_path / 'cut'}", *args])
     cut = _weights(tmp_path / "cut" / "last")
     assert all(torch.allclose(merged[k], cut[k], atol=1e-6) for k in merged)
-    # two processes (DDP) keep the same adapters
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    _run([f"--out_dir={tmp_path / 'ddp'}", *args], launcher)
-    end = _log(tmp_path / "ddp")[-1]
-    assert end["world_size"] == 2 and end["param_checksums"][0] == end["param_checksums"][1]
 
 
 def test_two_processes_stay_in_sync(tiny_sft, tmp_path):
