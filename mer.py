@@ -800,6 +800,17 @@ def interrupt_flag(message):
     return flag
 
 
+def pid_alive(pid):
+    """True while process `pid` exists on this host (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
 def take_lock(out_dir):
     """Hold `out_dir/lock` (this process's pid) while a run writes there; another live process's
     lock is an error naming it (the parent's is not: a launcher may reserve the folder for its
@@ -810,15 +821,9 @@ def take_lock(out_dir):
         pid = int(open(path).read().strip() or 0)
     except (OSError, ValueError):
         pid = 0
-    if pid and pid not in (os.getpid(), os.getppid()):
-        try:
-            os.kill(pid, 0)
-            raise SystemExit(f"{out_dir} is in use by process {pid} (lock file {path}); wait for it to end, or "
-                             f"pass another --out_dir")
-        except ProcessLookupError:
-            pass  # a run that died without releasing it
-        except PermissionError:
-            raise SystemExit(f"{out_dir} is in use by process {pid} (lock file {path})")
+    if pid and pid not in (os.getpid(), os.getppid()) and pid_alive(pid):  # a dead run's lock is taken over
+        raise SystemExit(f"{out_dir} is in use by process {pid} (lock file {path}); wait for it to end, or "
+                         f"pass another --out_dir")
     with open(path, "w") as f:
         f.write(str(os.getpid()))
     atexit.register(lambda: os.path.exists(path) and open(path).read().strip() == str(os.getpid()) and os.remove(path))

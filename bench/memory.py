@@ -70,15 +70,12 @@ def one(path, length):
 
     def logprobs(model, completion, c_mask):
         with torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16, enabled=BF16):
-            return logprobs_fp32_or_autocast(model, completion, c_mask)
-
-    def logprobs_fp32_or_autocast(model, completion, c_mask):
-        if path == "full":
-            logits = mer.continuation_logits(model, ids, mask, {}, completion, c_mask, G).float()
-            return rewards.token_logprobs(logits, completion)
-        with mer.lm_head_off(model) as head:
-            hidden = mer.continuation_logits(model, ids, mask, {}, completion, c_mask, G)
-        return rewards.chunked_logprobs(hidden, head, completion, 1.0, CHUNK)
+            if path == "full":
+                logits = mer.continuation_logits(model, ids, mask, {}, completion, c_mask, G).float()
+                return rewards.token_logprobs(logits, completion)
+            with mer.lm_head_off(model) as head:
+                hidden = mer.continuation_logits(model, ids, mask, {}, completion, c_mask, G)
+            return rewards.chunked_logprobs(hidden, head, completion, 1.0, CHUNK)
 
     def update(t):
         completion = torch.randint(100, 150000, (PROMPTS * G, t), device=DEVICE)

@@ -23,7 +23,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from mer import configure  # noqa: E402
+from mer import configure, pid_alive  # noqa: E402
 
 RUNS = "experiments/runs"
 RESULTS = "experiments/RESULTS.md"
@@ -117,14 +117,10 @@ def take_lock(lock):
             holder = open(lock).read().split()
             if len(holder) != 2 or holder[0] != socket.gethostname() or not holder[1].isdigit():
                 return False  # another host's, or one being written right now
-            try:
-                os.kill(int(holder[1]), 0)
+            if pid_alive(int(holder[1])):
                 return False
-            except ProcessLookupError:
-                os.remove(lock)
-                continue
-            except PermissionError:  # alive, someone else's
-                return False
+            os.remove(lock)
+            continue
         os.write(fd, me.encode())
         os.close(fd)
         return True

@@ -76,36 +76,33 @@ def test_fast_answer_on_a_known_string():
     assert mer.fast_answer(tok("no answer here", add_special_tokens=False)["input_ids"], tok) is None
 
 
-def test_prompt_once_per_group_equals_the_full_sequences():
-    torch.manual_seed(0)
-    model, tok = mer.load_model("tiny")
-    model.eval()
-    ids, mask = mer.left_pad([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]], tok.eos_token_id)  # left padding in row 2
-    completion = torch.randint(5, 100, (6, 5))
-    c_mask = torch.ones_like(completion)
-    c_mask[1, 3:] = 0  # a completion that ended early
-    assert shared_prompt_gap(model, ids, mask, {}, {}, completion, c_mask, n=3) < 1e-5
-
-
-def test_chunked_logprobs_equal_full_logits_in_values_and_gradients():
+def two_prompts_three_completions_each():
+    """The tiny model, two prompts (the second left-padded) and 3 completions of 5 tokens for each,
+    the second of which ends early."""
     torch.manual_seed(0)
     model, tok = mer.load_model("tiny")
     ids, mask = mer.left_pad([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]], tok.eos_token_id)
     completion = torch.randint(5, 100, (6, 5))
     c_mask = torch.ones_like(completion)
     c_mask[1, 3:] = 0
+    return model, ids, mask, completion, c_mask
+
+
+def test_prompt_once_per_group_equals_the_full_sequences():
+    model, ids, mask, completion, c_mask = two_prompts_three_completions_each()
+    model.eval()
+    assert shared_prompt_gap(model, ids, mask, {}, {}, completion, c_mask, n=3) < 1e-5
+
+
+def test_chunked_logprobs_equal_full_logits_in_values_and_gradients():
+    model, ids, mask, completion, c_mask = two_prompts_three_completions_each()
     # 30 positions in chunks of 4 (the last one short); the tiny model ties its LM head to the embeddings
     lp_gap, grad_gap = chunked_logprob_gaps(model, ids, mask, {}, completion, c_mask, n=3)
     assert lp_gap < 1e-5 and grad_gap < 1e-5
 
 
 def test_grad_checkpointing_gives_the_same_logprobs_and_gradients():
-    torch.manual_seed(0)
-    model, tok = mer.load_model("tiny")
-    ids, mask = mer.left_pad([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]], tok.eos_token_id)
-    completion = torch.randint(5, 100, (6, 5))
-    c_mask = torch.ones_like(completion)
-    c_mask[1, 3:] = 0
+    model, ids, mask, completion, c_mask = two_prompts_three_completions_each()
     lp_gap, grad_gap, calls, calls_checkpointed = checkpointing_gaps(model, ids, mask, {}, completion, c_mask, n=3)
     assert lp_gap < 1e-5 and grad_gap < 1e-5
     # the prompt pass and the continuation; checkpointed, the continuation's layer runs again in the backward
