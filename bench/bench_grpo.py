@@ -4,6 +4,7 @@
     python bench/bench_grpo.py --model=out/sft/last --rounds=3 --steps=6
     python bench/bench_grpo.py --model=tiny
     python bench/bench_grpo.py --impls=ours_baseline,ours_mer_r1 --tokens=128   # answers complete: fast pass runs
+    python bench/bench_grpo.py --impls=ours_baseline,ours_checkpointed,ours_lora,trl   # the memory switches
 
 Each implementation runs in its own process (one invocation = warm-up + measured steps), the
 invocations alternate (ours-baseline, TRL, ours-mer_r1, ...) so that outside load hits all of
@@ -75,6 +76,13 @@ def main():
                             f"--threads={THREADS}"] + (["--bf16"] if BF16 else []),
         "ours_mer_r1": lambda out: [os.path.join(ROOT, "train_grpo.py"), *common, "--variant=mer_r1",
                                     f"--out_dir={out}"],
+        # the memory switches (Step 11), each on top of ours_baseline
+        "ours_checkpointed": lambda out: [os.path.join(ROOT, "train_grpo.py"), *common, "--variant=baseline",
+                                          "--grad_checkpointing=True", f"--out_dir={out}"],
+        "ours_lora": lambda out: [os.path.join(ROOT, "train_grpo.py"), *common, "--variant=baseline",
+                                  "--lora_r=8", f"--out_dir={out}"],
+        "ours_lora_checkpointed": lambda out: [os.path.join(ROOT, "train_grpo.py"), *common, "--variant=baseline",
+                                               "--lora_r=8", "--grad_checkpointing=True", f"--out_dir={out}"],
     }
     impls = {k: v for k, v in impls.items() if k in IMPLS}
     results = {k: {"rows": [], "peak_mb": []} for k in impls}
@@ -108,10 +116,9 @@ def report(results):
         lines.append(f"| {name} | {min(steps):.2f} / {med[name]:.2f} / {max(steps):.2f} | {gen:.2f} | {train:.2f} | "
                      f"{n_gen / gen:.0f} | {n_gen / train:.0f} | {cpu:.2f} | {max(r['peak_mb']):.0f} |")
     lines.append("")
-    if "trl" in med:
-        peak = max(results["ours_baseline"]["peak_mb"]) / max(results["trl"]["peak_mb"])
-        lines += [f"- ours_baseline / trl step time: **{med['ours_baseline'] / med['trl']:.2f}x**",
-                  f"- peak RSS ours_baseline / trl: {peak:.2f}x"]
+    for name in [n for n in med if n.startswith("ours") and "trl" in med]:
+        peak = max(results[name]["peak_mb"]) / max(results["trl"]["peak_mb"])
+        lines += [f"- {name} / trl step time: **{med[name] / med['trl']:.2f}x**, peak RSS: {peak:.2f}x"]
     if "ours_mer_r1" in med:
         fast = statistics.median(x["fast_s"] for x in results["ours_mer_r1"]["rows"])
         lines += [f"- ours_mer_r1 / ours_baseline step time (cost of the fast-mode pass): "

@@ -8,6 +8,7 @@ several-fold. PASSIVE threads sleep instead of spinning.
 
     python bench/contention.py                  # SmolLM2 from out/sft/last (else smollm2), 3 steps each
     python bench/contention.py --steps=2 --jobs=sft,grpo
+    python bench/contention.py --probe --spins=300000,30000,3000,0   # one small layer per spin count
 
 The competitor is another torch process multiplying 512 x 512 matrices on one thread. Times are
 medians of the steps after the first (SFT and GRPO: step_s of log.jsonl; evaluation: seconds per
@@ -26,6 +27,35 @@ STEPS = int(args.get("steps", 3))
 JOBS = args.get("jobs", "sft,grpo,eval").split(",")
 MODEL = args.get("model", "out/sft/last" if os.path.isdir(os.path.join(ROOT, "out/sft/last")) else "smollm2")
 COMPETITOR = "import torch; torch.set_num_threads(1); a = torch.randn(512, 512)\nwhile True: a @ a"
+# --probe: microseconds per call of one small layer, under each spin count (GOMP_SPINCOUNT: how long an
+# idle OpenMP thread spins before it sleeps; libgomp's default is 300000, PASSIVE means 0)
+PROBE = "--probe" in sys.argv
+SPINS = args.get("spins", "300000,30000,3000,0").split(",")
+PROBE_CODE = """import time, torch
+layer, x = torch.nn.Linear(576, 1536), torch.randn(8, 576)
+with torch.no_grad():
+    for _ in range(200): layer(x)
+    ts = []
+    for _ in range(2000):
+        t = time.perf_counter(); layer(x); ts.append(time.perf_counter() - t)
+print(sorted(ts)[len(ts) // 2] * 1e6)"""
+
+
+def probe():
+    print("| GOMP_SPINCOUNT | quiet us/call | one competitor us/call | slowdown |\n|---|---|---|---|")
+    for spin in SPINS:
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        env["GOMP_SPINCOUNT"] = spin
+        us = []
+        for loaded in (False, True):
+            other = subprocess.Popen([sys.executable, "-c", COMPETITOR]) if loaded else None
+            try:
+                r = subprocess.run([sys.executable, "-c", PROBE_CODE], env=env, capture_output=True, text=True, check=True)
+            finally:
+                if other:
+                    other.kill()
+            us.append(float(r.stdout))
+        print(f"| {spin} | {us[0]:.0f} | {us[1]:.0f} | {us[1] / us[0]:.1f}x |", flush=True)
 
 
 def median(xs):
@@ -78,4 +108,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    probe() if PROBE else main()
