@@ -29,9 +29,13 @@ import os
 import sys
 import time
 
-import rewards
-import wheel
-from mer import configure
+# Idle OpenMP threads sleep instead of spinning: next to one other process a step slows ~1.5x instead of
+# ~2.8x, at the same speed on a quiet CPU (bench/RESULTS.md). OpenMP reads it once, when torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import rewards  # noqa: E402
+import wheel  # noqa: E402
+from mer import configure  # noqa: E402
 
 # harness
 CKPT = ""           # checkpoint folder or model name; empty: out/grpo/last, else out/sft/last, else smollm2

@@ -10,11 +10,15 @@ categories in both modes (the paper's slow-fast picture for one clip).
 """
 import os
 
-import torch
+# Idle OpenMP threads sleep instead of spinning: next to one other process a step slows ~1.5x instead of
+# ~2.8x, at the same speed on a quiet CPU (bench/RESULTS.md). OpenMP reads it once, when torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import evaluate
-import mer
-import wheel
+import torch  # noqa: E402
+
+import evaluate  # noqa: E402
+import mer  # noqa: E402
+import wheel  # noqa: E402
 
 CKPT = ""            # a checkpoint folder or model name; empty: out/grpo/last, else out/sft/last, else smollm2
 SAMPLE = ""          # FILE.jsonl:NAME or SPLIT:NAME: one sample of a data file (its labels are shown too)

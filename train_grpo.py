@@ -19,12 +19,16 @@ import json
 import os
 import time
 
-import torch
-from tqdm import tqdm
+# Idle OpenMP threads sleep instead of spinning: next to one other process a step slows ~1.5x instead of
+# ~2.8x, at the same speed on a quiet CPU (bench/RESULTS.md). OpenMP reads it once, when torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import mer
-import rewards
-import wheel
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import mer  # noqa: E402
+import rewards  # noqa: E402
+import wheel  # noqa: E402
 
 # I/O
 OUT_DIR = "out/grpo"

@@ -10,7 +10,8 @@ several-fold. PASSIVE threads sleep instead of spinning.
     python bench/contention.py --steps=2 --jobs=sft,grpo
     python bench/contention.py --probe --spins=300000,30000,3000,0   # one small layer per spin count
 
-The competitor is another torch process multiplying 512 x 512 matrices on one thread. Times are
+The competitor is another torch process multiplying 512 x 512 matrices on one thread
+(--competitor_threads=2: two, like a second training job). Times are
 medians of the steps after the first (SFT and GRPO: step_s of log.jsonl; evaluation: seconds per
 batch of 8 fast-mode answers, all batches).
 """
@@ -20,13 +21,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if "=" in a)
 STEPS = int(args.get("steps", 3))
 JOBS = args.get("jobs", "sft,grpo,eval").split(",")
 MODEL = args.get("model", "out/sft/last" if os.path.isdir(os.path.join(ROOT, "out/sft/last")) else "smollm2")
-COMPETITOR = "import torch; torch.set_num_threads(1); a = torch.randn(512, 512)\nwhile True: a @ a"
+# the competing process: torch multiplying 512 x 512 matrices on --competitor_threads threads (2: another
+# training job at torch's default on this machine; its own OpenMP default waiting policy)
+COMPETITOR = (f"import torch; torch.set_num_threads({int(args.get('competitor_threads', 1))}); "
+              f"a = torch.randn(512, 512)\nimport os\nwhile os.getppid() == {os.getpid()}: a @ a")  # dies with us
 # --probe: microseconds per call of one small layer, under each spin count (GOMP_SPINCOUNT: how long an
 # idle OpenMP thread spins before it sleeps; libgomp's default is 300000, PASSIVE means 0)
 PROBE = "--probe" in sys.argv
@@ -36,7 +41,7 @@ layer, x = torch.nn.Linear(576, 1536), torch.randn(8, 576)
 with torch.no_grad():
     for _ in range(200): layer(x)
     ts = []
-    for _ in range(2000):
+    for _ in range(5000):
         t = time.perf_counter(); layer(x); ts.append(time.perf_counter() - t)
 print(sorted(ts)[len(ts) // 2] * 1e6)"""
 
@@ -49,6 +54,7 @@ def probe():
         us = []
         for loaded in (False, True):
             other = subprocess.Popen([sys.executable, "-c", COMPETITOR]) if loaded else None
+            time.sleep(3 if loaded else 0)  # its torch import done, it is computing
             try:
                 r = subprocess.run([sys.executable, "-c", PROBE_CODE], env=env, capture_output=True, text=True, check=True)
             finally:
@@ -65,11 +71,14 @@ def median(xs):
 
 def job(name, out, policy):
     """Seconds per step of one job run with OMP_WAIT_POLICY = policy (None: OpenMP's default)."""
-    env = dict(os.environ, OMP_WAIT_POLICY=policy or "")  # "": OpenMP's own default (the scripts keep it)
+    # "" is no policy: libgomp warns and keeps its default (spin 300000), and the scripts' setdefault leaves it
+    env = dict(os.environ, OMP_WAIT_POLICY=policy or "")
     if name == "sft":
         cmd = ["train_sft.py", f"--model={MODEL}", f"--max_steps={STEPS + 1}", "--max_samples=64", "--save_every=1000"]
     elif name == "grpo":
-        cmd = ["train_grpo.py", f"--init={MODEL}", f"--max_steps={STEPS + 1}", "--beta=0", "--save_every=1000"]
+        # the speed bench's configuration: 2 prompts x G = 4, 64 forced tokens, so every step does the same work
+        cmd = ["train_grpo.py", f"--init={MODEL}", f"--max_steps={STEPS + 1}", "--beta=0", "--save_every=1000",
+               "--prompts=2", "--g=4", "--max_new_tokens=64", "--min_new_tokens=64"]
     else:
         cmd = ["evaluate.py", f"--ckpt={MODEL}", "--splits=test_fine", "--modes=fast", "--diagnostics=False",
                f"--max_samples={8 * (STEPS + 1)}", "--batch_size=8", "--grpo_log="]

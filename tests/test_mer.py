@@ -373,3 +373,22 @@ def test_real_layouts_report_their_unmapped_label_words(tmp_path, capsys):
 def test_a_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no such checkpoint or model"):
         mer.load_model(str(tmp_path / "nowhere" / "last"))
+
+
+@pytest.mark.parametrize("script", ["train_sft.py", "train_grpo.py", "evaluate.py", "predict.py", "bench/bandwidth.py",
+                                    "bench/trl_grpo.py"])
+def test_scripts_set_the_openmp_wait_policy_before_torch_loads(script):
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads: the default must be set before the first
+    import outside the standard library (bench/RESULTS.md, 'A shared CPU')."""
+    import ast
+    import sys
+    tree = ast.parse(open(os.path.join(os.path.dirname(os.path.dirname(__file__)), script)).read())
+    first_import, setdefault = None, None
+    for node in tree.body:
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                 [node.module] if isinstance(node, ast.ImportFrom) else [])
+        if first_import is None and any(n.split(".")[0] not in sys.stdlib_module_names for n in names):
+            first_import = node.lineno
+        if setdefault is None and "OMP_WAIT_POLICY" in ast.unparse(node) and "setdefault" in ast.unparse(node):
+            setdefault = node.lineno
+    assert setdefault is not None and first_import is not None and setdefault < first_import, (setdefault, first_import)
