@@ -12,9 +12,7 @@ import os
 import random
 import time
 
-# Idle OpenMP threads sleep instead of spinning: next to one other process a step slows ~1.5x instead of
-# ~2.8x, at the same speed on a quiet CPU (bench/RESULTS.md). OpenMP reads it once, when torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle threads sleep, a busy CPU costs 1.5x not 2.8x
 
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
