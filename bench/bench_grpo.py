@@ -68,21 +68,19 @@ def main():
               f"--max_new_tokens={TOKENS}", f"--min_new_tokens={TOKENS}", "--beta=0.04", "--lr=1e-6",
               f"--precision={precision}", f"--max_steps={WARMUP + STEPS}", "--save_every=100000", "--resume=False",
               "--aggregation=sequence", f"--threads={THREADS}", "--temperature=1.0", "--top_p=1.0"]
+    def ours(*flags):
+        return lambda out: [os.path.join(ROOT, "train_grpo.py"), *common, *flags, f"--out_dir={out}"]
+
     impls = {
-        "ours_baseline": lambda out: [os.path.join(ROOT, "train_grpo.py"), *common, "--variant=baseline",
-                                      f"--out_dir={out}"],
+        "ours_baseline": ours("--variant=baseline"),
         "trl": lambda out: [os.path.join(ROOT, "bench", "trl_grpo.py"), f"--model={path}",
                             f"--steps={WARMUP + STEPS}", f"--out={out}/log.jsonl", f"--tokens={TOKENS}",
                             f"--threads={THREADS}"] + (["--bf16"] if BF16 else []),
-        "ours_mer_r1": lambda out: [os.path.join(ROOT, "train_grpo.py"), *common, "--variant=mer_r1",
-                                    f"--out_dir={out}"],
+        "ours_mer_r1": ours("--variant=mer_r1"),
         # the memory switches (Step 11), each on top of ours_baseline
-        "ours_checkpointed": lambda out: [os.path.join(ROOT, "train_grpo.py"), *common, "--variant=baseline",
-                                          "--grad_checkpointing=True", f"--out_dir={out}"],
-        "ours_lora": lambda out: [os.path.join(ROOT, "train_grpo.py"), *common, "--variant=baseline",
-                                  "--lora_r=8", f"--out_dir={out}"],
-        "ours_lora_checkpointed": lambda out: [os.path.join(ROOT, "train_grpo.py"), *common, "--variant=baseline",
-                                               "--lora_r=8", "--grad_checkpointing=True", f"--out_dir={out}"],
+        "ours_checkpointed": ours("--variant=baseline", "--grad_checkpointing=True"),
+        "ours_lora": ours("--variant=baseline", "--lora_r=8"),
+        "ours_lora_checkpointed": ours("--variant=baseline", "--lora_r=8", "--grad_checkpointing=True"),
     }
     impls = {k: v for k, v in impls.items() if k in IMPLS}
     results = {k: {"rows": [], "peak_mb": []} for k in impls}

@@ -15,6 +15,7 @@ The competitor is another torch process multiplying 512 x 512 matrices on one th
 medians of the steps after the first (SFT and GRPO: step_s of log.jsonl; evaluation: seconds per
 batch of 8 fast-mode answers, all batches).
 """
+import contextlib
 import json
 import os
 import shutil
@@ -46,6 +47,18 @@ with torch.no_grad():
 print(sorted(ts)[len(ts) // 2] * 1e6)"""
 
 
+@contextlib.contextmanager
+def competing(loaded):
+    """With `loaded`, the competitor runs for the duration (from when its torch import is done)."""
+    other = subprocess.Popen([sys.executable, "-c", COMPETITOR]) if loaded else None
+    time.sleep(3 if loaded else 0)
+    try:
+        yield
+    finally:
+        if other:
+            other.kill()
+
+
 def probe():
     print("| GOMP_SPINCOUNT | quiet us/call | one competitor us/call | slowdown |\n|---|---|---|---|")
     for spin in SPINS:
@@ -53,13 +66,8 @@ def probe():
         env["GOMP_SPINCOUNT"] = spin
         us = []
         for loaded in (False, True):
-            other = subprocess.Popen([sys.executable, "-c", COMPETITOR]) if loaded else None
-            time.sleep(3 if loaded else 0)  # its torch import done, it is computing
-            try:
+            with competing(loaded):
                 r = subprocess.run([sys.executable, "-c", PROBE_CODE], env=env, capture_output=True, text=True, check=True)
-            finally:
-                if other:
-                    other.kill()
             us.append(float(r.stdout))
         print(f"| {spin} | {us[0]:.0f} | {us[1]:.0f} | {us[1] / us[0]:.1f}x |", flush=True)
 
@@ -97,13 +105,11 @@ def main():
     for name in JOBS:
         for policy in (None, "PASSIVE"):
             for loaded in (False, True):
-                other = subprocess.Popen([sys.executable, "-c", COMPETITOR]) if loaded else None
                 out = tempfile.mkdtemp()
                 try:
-                    results[(name, policy, loaded)] = job(name, out, policy)
+                    with competing(loaded):
+                        results[(name, policy, loaded)] = job(name, out, policy)
                 finally:
-                    if other:
-                        other.kill()
                     shutil.rmtree(out, ignore_errors=True)
                 print(name, policy or "default", "loaded" if loaded else "quiet",
                       f"{results[(name, policy, loaded)]:.2f} s", flush=True)
