@@ -688,7 +688,7 @@ if __name__ == "__main__":
         if THREADS:
             torch.set_num_threads(THREADS)
         ckpt = find_ckpt(CKPT)
-        bf16 = PRECISION == "bf16" or (PRECISION == "auto" and (torch.cuda.is_available() or mer.cpu_supports_bf16()))
+        bf16 = mer.use_bf16(PRECISION)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
         print(f"evaluating {ckpt} ({'bf16 autocast' if bf16 else 'fp32'}, {device})")

@@ -524,6 +524,11 @@ def cpu_supports_bf16():
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def use_bf16(precision):
+    """PRECISION -> bf16 autocast or not: "auto" uses it on GPUs and on CPUs with native bf16."""
+    return precision == "bf16" or (precision == "auto" and (torch.cuda.is_available() or cpu_supports_bf16()))
+
+
 TASKS = ("fine", "basic", "sentiment")  # a `TASK:` prefix on a split names how evaluate.py scores it
 
 

@@ -81,7 +81,7 @@ if __name__ == "__main__":
         raise SystemExit(f"{ckpt} is a text-only model: describe the media with --video_text/--audio_text")
     model, tokenizer = mer.load_model(ckpt)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    bf16 = PRECISION == "bf16" or (PRECISION == "auto" and (torch.cuda.is_available() or mer.cpu_supports_bf16()))
+    bf16 = mer.use_bf16(PRECISION)
     autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     model.to(device).eval()
     wheels = wheel.load_wheels(WHEELS or None)

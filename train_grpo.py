@@ -108,7 +108,7 @@ if accelerator.state.deepspeed_plugin is not None and accelerator.state.deepspee
     raise SystemExit("ZeRO-3 shards the policy, and this loop calls generate on the full model: use ZeRO-2 "
                      "(configs/zero2.yaml) or DDP")
 device, master, rank = accelerator.device, accelerator.is_main_process, accelerator.process_index
-bf16 = PRECISION == "bf16" or (PRECISION == "auto" and (torch.cuda.is_available() or mer.cpu_supports_bf16()))
+bf16 = mer.use_bf16(PRECISION)
 autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
 torch.manual_seed(SEED + rank)  # ranks sample different completions
 

@@ -75,7 +75,7 @@ if THREADS:
 accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=GRAD_ACCUM,
                           log_with=log_with, project_dir=OUT_DIR)
 device, master = accelerator.device, accelerator.is_main_process
-bf16 = PRECISION == "bf16" or (PRECISION == "auto" and (torch.cuda.is_available() or mer.cpu_supports_bf16()))
+bf16 = mer.use_bf16(PRECISION)
 torch.manual_seed(SEED)
 
 samples = mer.load_samples(TRAIN, SKIP_MISSING_MEDIA, need=("openset",))
