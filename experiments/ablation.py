@@ -41,8 +41,11 @@ WORKER = False                     # started by another runner: runs, but leaves
 KEEP_OPTIMIZER = False             # keep trainer_state.pt of finished runs (1 GB each for SmolLM2)
 PLAN = False
 REPORT = False
+LAMBDA_FMT = 0.1                   # train_grpo.py's, to split the logged advantages into their terms
 ESTIMATE_S = {"sft": 1200, "grpo": 2700}  # before any run has finished here (fp32, 2 cores)
 
+# the variants whose advantage is A_dual + lambda_fmt A_fmt (+ calibration): the report splits it
+split_variants = ("rd_ad", "mer_r1", "a1", "a2", "b1")
 # the table always shows every finished run, also when this runner does a subset (--variants, --seeds)
 table_variants, table_seeds = VARIANTS, SEEDS
 
@@ -240,6 +243,39 @@ def plot(groups):
     return os.path.basename(path)
 
 
+def advantage_split(names):
+    """Where a run's advantages come from, over the completions it logged (completions.jsonl):
+    the shares of the squared advantage from A_dual (Eq. 5), lambda_fmt A_fmt and the rest (the
+    calibration terms, Eq. 12), how often the calibration flips an advantage's sign, and the share
+    of groups (every step, log.jsonl) whose R_R, R_P and format are all tied."""
+    import torch
+    import rewards
+    sq, flips, n, tied, runs = {"dual": 0.0, "fmt": 0.0, "cali": 0.0, "all": 0.0}, 0, 0, [], 0
+    for name in names:
+        folder = os.path.join(ROOT, RUNS, name)
+        if not os.path.isfile(os.path.join(folder, "completions.jsonl")):
+            continue
+        runs += 1
+        groups = {}
+        for line in open(os.path.join(folder, "completions.jsonl")):
+            c = json.loads(line)
+            groups.setdefault((c["step"], c["group"]), []).append(c)
+        for g in groups.values():
+            col = lambda k: torch.tensor([[c[k] for c in g]])  # noqa: E731
+            total = col("advantage")[0]
+            dual = rewards.dual_advantage(col("recall"), col("precision"))[0]
+            fmt = LAMBDA_FMT * rewards.group_normalize(col("format"))[0]
+            for k, a in (("dual", dual), ("fmt", fmt), ("cali", total - dual - fmt), ("all", total)):
+                sq[k] += (a ** 2).sum().item()
+            flips += ((dual + fmt).sign() * total.sign() < 0).sum().item()
+            n += len(g)
+        tied += [r["tied_groups"] for r in map(json.loads, open(os.path.join(folder, "log.jsonl"))) if "tied_groups" in r]
+    if not n:
+        return None
+    shares = " | ".join(f"{100 * sq[k] / sq['all']:.1f}%" for k in ("dual", "fmt", "cali"))
+    return f"{runs} | {n} | {shares} | {100 * flips / n:.1f}% | {100 * sum(tied) / len(tied):.1f}%"
+
+
 def report():
     done = finished()
     rows = [("SFT init", ["sft"])]
@@ -286,7 +322,14 @@ def report():
             tr.append(f"| {label} | {len(runs)} | {b + 1}-{e} | " + " | ".join(f"{v:.3f}" for v in vals[:3])
                       + f" | {vals[3]:.4f} |")
     picture = plot(training)
-    text = lines + gain + dl + tr
+    al = ["", "Where the advantage comes from (the logged completions, every LOG_COMPLETIONS_EVERY steps; share "
+          "of the squared advantage; the cross terms make up the rest):", "", "| variant | runs | completions | A_dual | format | calibration "
+          "| sign flipped by calibration | groups with tied R_R, R_P, format |", "|---|---|---|---|---|---|---|---|"]
+    for label, names in training.items():
+        split = advantage_split(names) if label in split_variants else None
+        if split:
+            al.append(f"| {label} | {split} |")
+    text = lines + gain + dl + tr + al
     if picture:
         text += ["", f"![R_R and R_P over training steps]({picture})"]
     return "\n".join(text) + "\n"

@@ -92,3 +92,24 @@ def test_mean_and_sample_std_over_seeds():
     assert s == pytest.approx(1.98608, abs=1e-4)  # sample std (n - 1), as in the tables
     assert ablation.mean_std([None]) == (None, None)
     assert ablation.cell([1.0, 2.0, 3.0, 4.0]) == "2.50 ± 1.29"
+
+
+def test_advantage_split_into_dual_format_and_calibration(ablation):
+    # three groups of two, rewards and logged advantages chosen so the terms are known by hand:
+    # A_dual = [2, -2], [0, 0], [1, -1] (format tied: A_fmt = 0), so calibration = logged - A_dual
+    groups = [((1, 0), (1, 0), (2.1, -2.1)), ((1, 1), (1, 1), (0.1, -0.1)), ((1, 0), (0, 0), (-0.5, 0.5))]
+    folder = os.path.join(ablation.RUNS, "mer_r1_s0")
+    os.makedirs(folder)
+    with open(os.path.join(folder, "completions.jsonl"), "w") as f:
+        for g, (recall, precision, adv) in enumerate(groups):
+            for i in range(2):
+                f.write(json.dumps({"step": 10, "group": g, "recall": recall[i], "precision": precision[i],
+                                    "format": 1.0, "advantage": adv[i]}) + "\n")
+    with open(os.path.join(folder, "log.jsonl"), "w") as f:
+        f.write(json.dumps({"event": "start"}) + "\n")
+        f.write(json.dumps({"step": 1, "tied_groups": 0.5}) + "\n" + json.dumps({"step": 2, "tied_groups": 0.0}) + "\n")
+    # squares: A_dual 8 + 0 + 2 = 10, calibration 0.02 + 0.02 + 4.5 = 4.54, total 8.82 + 0.02 + 0.5 = 9.34;
+    # (EPS in the std makes A_dual 0.02% smaller: 107.02%, not 107.07%); the last group's calibration
+    # flips both signs (2 of 6); tied groups (0.5 + 0) / 2
+    assert ablation.advantage_split(["mer_r1_s0", "mer_r1_s1"]) == "1 | 6 | 107.0% | 0.0% | 48.6% | 33.3% | 25.0%"
+    assert ablation.advantage_split(["mer_r1_s1"]) is None
