@@ -367,6 +367,19 @@ def generate(model, tokenizer, samples, mode, max_new_tokens, batch_size, autoca
     return out
 
 
+def validate(model, tokenizer, samples, wheels, autocast, processor=None, batch_size=BATCH_SIZE):
+    """Greedy slow-mode EW-F1, precision, recall and format (percent) of `samples` (fine task), no
+    files written: the held-out learning curve of a GRPO run (train_grpo.py --val_samples)."""
+    import mer
+    outputs = generate(model, tokenizer, samples, "slow", MAX_NEW_TOKENS, batch_size, autocast, processor)
+    texts = [mer.PREFIX["slow"] + tokenizer.decode(c, skip_special_tokens=True) for _, c, _ in outputs]
+    preds = {s["name"]: wheel.parse_answer(t) for s, t in zip(samples, texts)}
+    scores = score("fine", preds, samples, wheels)
+    fmt = sum(rewards.format_reward(t, preds[s["name"]], s.get("subtitle", "")) for s, t in zip(samples, texts))
+    return {"val_f1": scores["f1"], "val_precision": scores["precision"], "val_recall": scores["recall"],
+            "val_format": 100 * fmt / len(samples)}
+
+
 def word_logprobs(model, tokenizer, prompts, completions, mode, media, autocast):
     """Teacher-forced pass over the model's own answers (one batch, with its media): for each
     completion, the answer words [(word, j, leading_space)] and the log-probs [n_words, vocab] at
@@ -621,23 +634,27 @@ TRAINING_PANELS = (("rewards", {"recall": "R_R", "precision": "R_P", "format": "
 
 def plot_training(log, path):
     """Fig.-7-style curves of a training log.jsonl as a PNG at `path` (GRPO: R_R, R_P and format,
-    KL, completion length; SFT: the loss), during or after training. Returns `path`, or None
+    KL, completion length, the held-out scores when validated; SFT: the loss), during or after training. Returns `path`, or None
     without matplotlib."""
     if not os.path.isfile(log):
         raise SystemExit(f"{log}: no such file")
-    rows = [r for r in (json.loads(line) for line in open(log) if line.strip()) if "step" in r and "event" not in r]
+    records = [json.loads(line) for line in open(log) if line.strip()]
+    rows = [r for r in records if "step" in r and "event" not in r]
     if not rows:
         raise SystemExit(f"{log}: no training step logged yet")
     grpo = "recall" in rows[0]
-    panels = [(t, {k: v for k, v in keys.items() if k in rows[0]}) for t, keys in TRAINING_PANELS
+    panels = [(t, {k: v for k, v in keys.items() if k in rows[0]}, rows) for t, keys in TRAINING_PANELS
               if grpo != (t == "SFT loss")]
+    val = [r for r in records if r.get("event") == "validation"]
+    if val:  # train_grpo.py --val_samples: greedy slow mode on held-out samples
+        panels.append(("held-out, greedy slow (%)", {"val_f1": "EW-F1", "val_precision": "P", "val_recall": "R"}, val))
     plt = pyplot()
     if plt is None:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.2), squeeze=False)
-    for ax, (title, keys) in zip(axes[0], panels):
+    for ax, (title, keys, points) in zip(axes[0], panels):
         for key, label in keys.items():
-            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=label)
+            ax.plot([r["step"] for r in points], [r[key] for r in points], label=label)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.legend(fontsize=8)

@@ -24,6 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle thread
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import evaluate  # noqa: E402
 import mer  # noqa: E402
 import rewards  # noqa: E402
 import wheel  # noqa: E402
@@ -40,6 +41,8 @@ TRAIN = "train"           # a bundled split, a .jsonl file, or mercaptionplus:DI
 SKIP_SAMPLES = 1000       # drop the first N of a fixed shuffle: the samples SFT drew from
 MAX_SAMPLES = 0           # then keep N of them (0: all)
 SKIP_MISSING_MEDIA = False
+VAL_SAMPLES = 0           # > 0: hold out the last N samples; their greedy slow-mode EW-F1 goes to log.jsonl
+VAL_EVERY = 10            # steps between those scores (and one before the first step)
 WHEELS = ""               # wheels for the rewards: ours (empty) or a folder of official files
 REWARD_WHEELS = "1,2,3,4,5"  # which wheels the rewards average over
 # model
@@ -84,7 +87,8 @@ mer.check_settings([
      "--prompts, --grad_accum, --updates_per_batch, --max_new_tokens and --logprob_chunk must be >= 1"),
     (TEMPERATURE > 0, f"--temperature={TEMPERATURE}: GRPO needs sampled completions (greedy groups are identical)"),
     (min(LR, GRAD_CLIP, BETA, LORA_R) >= 0, "--lr, --grad_clip, --beta, --lora_r must be >= 0 (0: no clipping, no LoRA)"),
-    (MAX_SAMPLES >= 0 and SKIP_SAMPLES >= 0 and MAX_STEPS >= 0, "--max_samples, --skip_samples, --max_steps must be >= 0"),
+    (min(MAX_SAMPLES, SKIP_SAMPLES, MAX_STEPS, VAL_SAMPLES) >= 0 and VAL_EVERY >= 1,
+     "--max_samples, --skip_samples, --max_steps, --val_samples must be >= 0, --val_every >= 1"),
     (all(k.strip() in ("1", "2", "3", "4", "5") for k in str(REWARD_WHEELS).split(",")),
      f"--reward_wheels={REWARD_WHEELS!r}: a comma-separated subset of 1,2,3,4,5"),
     (PRECISION in ("auto", "bf16", "fp32"), f"--precision={PRECISION!r}: choose auto, bf16 or fp32"),
@@ -114,8 +118,9 @@ torch.manual_seed(SEED + rank)  # ranks sample different completions
 
 samples = mer.load_samples(TRAIN, SKIP_MISSING_MEDIA, need=("openset",))
 samples = mer.select(samples, SKIP_SAMPLES, MAX_SAMPLES)
+val, samples = samples[len(samples) - VAL_SAMPLES:] if VAL_SAMPLES else [], samples[:len(samples) - VAL_SAMPLES]
 if not samples:
-    raise SystemExit(f"{TRAIN}: no samples left after skip_samples={SKIP_SAMPLES}")
+    raise SystemExit(f"{TRAIN}: no samples left after skip_samples={SKIP_SAMPLES} and val_samples={VAL_SAMPLES}")
 wheels = wheel.load_wheels(WHEELS or None)
 unmapped = mer.report_unmapped(TRAIN, samples, wheels) if master else None
 reward_wheels = [int(k) - 1 for k in str(REWARD_WHEELS).split(",")]
@@ -217,6 +222,13 @@ def calibration(rows, fast_ids, fast_mask, media, completions, slow_hidden):
     return out
 
 
+def validate():
+    """The held-out curve: unlike a step's rewards, it does not depend on which prompts the step drew."""
+    scores = evaluate.validate(accelerator.unwrap_model(policy), tokenizer, val, wheels, autocast, processor)
+    log.write(json.dumps({"event": "validation", "step": step, **scores}) + "\n")
+    accelerator.log(scores, step=step)
+
+
 def save():
     states = gather_object([mer.rng_state()])
     if master:
@@ -244,6 +256,8 @@ warned_coverage = False
 interrupted = mer.interrupt_flag(f"\ninterrupt: the current step finishes, then {OUT_DIR}/last is saved "
                                  "(Ctrl-C again: leave at once without saving)")
 try:
+    if val and master and step == 0:
+        validate()
     while step < stop_at:
         t_step, cpu_step = time.time(), time.process_time()
         timing = {"generate_s": 0.0, "fwd_bwd_s": 0.0, "fast_s": 0.0}
@@ -337,6 +351,8 @@ try:
             bar.set_postfix(R=f"{rec['recall']:.2f}", P=f"{rec['precision']:.2f}", fmt=f"{rec['format']:.2f}",
                             kl=f"{rec['kl']:.1e}")
             bar.update(1)
+            if val and (step % VAL_EVERY == 0 or step == stop_at):
+                validate()
         stop_now = accelerator.reduce(torch.tensor(float(bool(interrupted)), device=device), "sum").item() > 0
         if step % SAVE_EVERY == 0 or step == stop_at or stop_now:
             save()

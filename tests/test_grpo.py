@@ -352,3 +352,29 @@ def test_a_tracker_that_is_not_installed_is_a_clear_error():
         with pytest.raises(SystemExit, match=message):
             mer.trackers(name)
     assert mer.trackers("") is None
+
+
+def test_validation_scores_the_held_out_samples_as_evaluate_does(tiny_sft, tmp_path):
+    """--val_samples holds out the last N samples: never a training prompt, scored greedily in slow
+    mode before the first step and every --val_every steps, with the numbers evaluate.py gives."""
+    _run([f"--init={tiny_sft}", f"--out_dir={tmp_path / 'run'}", "--max_steps=3", "--val_samples=6", "--val_every=2",
+          "--log_completions_every=1", "--lr=0", *SMALL, "--max_samples=12"])
+    log = _log(tmp_path / "run")
+    val = [r for r in log if r.get("event") == "validation"]
+    assert [r["step"] for r in val] == [0, 2, 3]  # before training, every 2 steps, at the end
+    chosen = mer.select(mer.load_samples("train"), 0, 12)
+    held_out = chosen[-6:]
+    # 3 steps x 2 prompts: one epoch of the 6 samples left, none of the held-out ones
+    trained = {json.loads(l)["prompt"] for l in open(tmp_path / "run" / "completions.jsonl")}
+    assert trained == {s["name"] for s in chosen[:6]}
+    with open(tmp_path / "val.jsonl", "w") as f:
+        f.writelines(json.dumps(s) + "\n" for s in held_out)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), f"--ckpt={tiny_sft}", "--modes=slow",
+                        f"--splits={tmp_path / 'val.jsonl'}", f"--out_dir={tmp_path / 'eval'}", "--diagnostics=False",
+                        "--precision=fp32", "--threads=1", "--grpo_log="], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    slow = json.load(open(tmp_path / "eval" / "summary.json"))["results"]["val"]["slow"]
+    for key in ("f1", "precision", "recall"):  # lr 0: the policy is the checkpoint evaluate.py reads
+        assert val[0][f"val_{key}"] == pytest.approx(slow["scores"][key]) == val[-1][f"val_{key}"]
+    assert val[0]["val_format"] == pytest.approx(slow["format"])
+    assert 0 < slow["scores"]["recall"] < 100
