@@ -190,6 +190,22 @@ def advantages(variant, r, lam_cali=0.1, lam_fmt=0.1):
     return total_advantage(a_dual, a_cali, a_fmt, lam_cali, lam_fmt)
 
 
+def group_stats(r, adv):
+    """What a step logs of its group-shaped rewards `r` and advantages `adv`: the mean of each
+    reward, except R+ (R-), averaged where E+ (E-) exists, with `cali_coverage` the share of
+    completions with either; `zero_var_groups`, the share of groups whose advantages are all 0;
+    `tied_groups`, the share whose R_R, R_P and format all tie (calibration aside)."""
+    out = {k: v.float().mean().item() for k, v in r.items()}
+    if "has_pos" in r:
+        for key, has in (("cali_pos", "has_pos"), ("cali_neg", "has_neg")):
+            out[key] = (r[key] * r[has]).sum().item() / max(1.0, r[has].sum().item())
+        out["cali_coverage"] = ((r["has_pos"] + r["has_neg"]) > 0).float().mean().item()
+    tied = torch.stack([(r[k] == r[k][:, :1]).all(1) for k in ("recall", "precision", "format")]).all(0)
+    out["zero_var_groups"] = (adv == 0).all(1).float().mean().item()
+    out["tied_groups"] = tied.float().mean().item()
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # Section 4.3: slow-fast confidence calibration
 

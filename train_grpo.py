@@ -325,18 +325,10 @@ try:
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     timing["fwd_bwd_s"] += time.time() - t0
-            means = {k: v.mean().item() for k, v in grouped.items()}
-            if calibrate:  # R+ (R-) averaged where E+ (E-) exists; the share of answers with a signal
-                for key, has in (("cali_pos", "has_pos"), ("cali_neg", "has_neg")):
-                    means[key] = (grouped[key] * grouped[has]).sum().item() / max(1.0, grouped[has].sum().item())
-                means["cali_coverage"] = ((grouped["has_pos"] + grouped["has_neg"]) > 0).float().mean().item()
-                if master and not (means["cali_coverage"] or warned_coverage):
-                    warned_coverage = mer.warn_no_calibration(texts, step + 1)
-            # task-reward ties: groups whose R_R, R_P and format are all equal (calibration aside)
-            ties = [(grouped[k] == grouped[k][:, :1]).all(1) for k in ("recall", "precision", "format")]
-            stats.append({"loss": loss.item(), **s, **means, "completion_len": c_mask.sum(1).float().mean().item(),
-                          "zero_var_groups": (adv.view(-1, G) == 0).all(1).float().mean().item(),
-                          "tied_groups": (ties[0] & ties[1] & ties[2]).float().mean().item()})
+            means = rewards.group_stats(grouped, adv.view(-1, G))
+            if master and calibrate and not (means["cali_coverage"] or warned_coverage):
+                warned_coverage = mer.warn_no_calibration(texts, step + 1)
+            stats.append({"loss": loss.item(), **s, **means, "completion_len": c_mask.sum(1).float().mean().item()})
         step += 1
         # 6. log (averaged over micro-batches and processes)
         rec = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}

@@ -136,6 +136,24 @@ def test_zero_variance_groups_give_zero_advantage():
         assert R.advantages(v, r).abs().max().item() == 0.0
 
 
+def test_group_stats_by_hand():
+    t = lambda rows: torch.tensor(rows, dtype=torch.float32)  # noqa: E731
+    r = {"recall": t([[1, 1, 1], [1, 0, 0]]), "precision": t([[0.5, 0.5, 0.5], [1, 0, 0]]),
+         "format": t([[1, 1, 1], [1, 1, 0]]),
+         "cali_pos": t([[0.4, 0, 0], [0.2, 0, -0.3]]), "has_pos": t([[1, 0, 0], [1, 0, 1]]),
+         "cali_neg": t([[0, 0, 0], [0, 0, 0.3]]), "has_neg": t([[0, 0, 0], [0, 0, 1]])}
+    # group 0 ties on R_R, R_P and format yet its calibration gives it advantages (zero_var 0)
+    s = R.group_stats(r, t([[0.1, -0.05, -0.05], [1, -0.5, -0.5]]))
+    assert s["recall"] == pytest.approx(4 / 6) and s["format"] == pytest.approx(5 / 6)
+    assert s["cali_pos"] == pytest.approx((0.4 + 0.2 - 0.3) / 3)  # over the 3 completions with E+
+    assert s["cali_neg"] == pytest.approx(0.3)                     # over the 1 with E-
+    assert s["cali_coverage"] == pytest.approx(3 / 6)
+    assert (s["tied_groups"], s["zero_var_groups"]) == (0.5, 0.0)
+    del r["cali_pos"], r["cali_neg"], r["has_pos"], r["has_neg"]   # an uncalibrated variant
+    s = R.group_stats(r, t([[0, 0, 0], [1, -0.5, -0.5]]))
+    assert "cali_coverage" not in s and (s["tied_groups"], s["zero_var_groups"]) == (0.5, 0.5)
+
+
 def _corr(a, b):
     return float(np.corrcoef(a, b)[0, 1])
 
