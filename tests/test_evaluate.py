@@ -341,6 +341,12 @@ def test_plot_training_of_a_grpo_and_an_sft_log(tmp_path):
     for log in (grpo, sft):
         png = str(log) + ".png"
         assert E.plot_training(str(log), png) == png and open(png, "rb").read(4) == b"\x89PNG"
+    width = lambda png: int.from_bytes(open(png, "rb").read(24)[16:20], "big")  # noqa: E731 (IHDR)
+    assert width(str(grpo) + ".png") == 3 * 450  # rewards, KL, length: 4.5 inches at 100 dpi each
+    with open(grpo, "a") as f:  # --val_samples: the held-out scores get a fourth panel
+        f.writelines(json.dumps({"event": "validation", "step": s, "val_f1": 50.0, "val_precision": 40.0,
+                                 "val_recall": 60.0, "val_format": 100.0}) + "\n" for s in (0, 2))
+    assert width(E.plot_training(str(grpo), str(tmp_path / "val.png"))) == 4 * 450
     (tmp_path / "empty.jsonl").write_text(json.dumps({"event": "data"}) + "\n")
     with pytest.raises(SystemExit, match="no training step logged yet"):
         E.plot_training(str(tmp_path / "empty.jsonl"), str(tmp_path / "e.png"))
