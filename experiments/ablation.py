@@ -42,7 +42,7 @@ KEEP_OPTIMIZER = False             # keep trainer_state.pt of finished runs (1 G
 PLAN = False
 REPORT = False
 LAMBDA_FMT = 0.1                   # train_grpo.py's, to split the logged advantages into their terms
-ESTIMATE_S = {"sft": 1200, "grpo": 2700}  # before any run has finished here (fp32, 2 cores)
+ESTIMATE_S = {"sft": 450, "grpo": 1100}  # before any run has finished here (bf16 autocast, 2 cores, two runners)
 
 # the variants whose advantage is A_dual + lambda_fmt A_fmt (+ calibration): the report splits it
 split_variants = ("rd_ad", "mer_r1", "a1", "a2", "b1")
@@ -215,20 +215,33 @@ def curves(name):
     return tuple([r[k] for r in rows] for k in ("step", "recall", "precision", "format", "kl"))
 
 
+def validation(name):
+    """{step: (val F1, P, R)} of a GRPO run: its held-out samples scored greedily (VAL_SAMPLES)."""
+    path = os.path.join(ROOT, RUNS, name, "log.jsonl")
+    rows = [json.loads(l) for l in open(path)] if os.path.isfile(path) else []
+    return {r["step"]: (r["val_f1"], r["val_precision"], r["val_recall"]) for r in rows if r.get("event") == "validation"}
+
+
 def plot(groups):
-    """Fig.-7-style R_R and R_P per step, averaged over seeds and smoothed over 5 steps."""
+    """Fig.-7-style R_R and R_P per step, averaged over seeds and smoothed over 5 steps, and the
+    held-out EW-F1 (the validation samples) at each of its steps, averaged over seeds."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, ax = plt.subplots(1, 3, figsize=(15, 3.5))
     for variant, names in groups.items():
         runs = [curves(n) for n in names]
         runs = [r for r in runs if r[0]]
         if not runs:
             continue
+        vals = [v for v in map(validation, names) if v]
+        steps = sorted(set.intersection(*(set(v) for v in vals))) if vals else []
+        ax[2].plot(steps, [sum(v[s][0] for v in vals) / len(vals) for s in steps], marker="o", label=variant)
+        ax[2].set_title("held-out EW-F1 (greedy, slow)")
+        ax[2].set_xlabel("step")
         n = min(len(r[0]) for r in runs)
         for a, k, title in ((ax[0], 1, "R_R (recall reward)"), (ax[1], 2, "R_P (precision reward)")):
             mean = [sum(r[k][i] for r in runs) / len(runs) for i in range(n)]
@@ -321,6 +334,17 @@ def report():
             vals = [sum(sum(r[k][b:e]) / (e - b) for r in runs) / len(runs) for k in (1, 2, 3, 4)]
             tr.append(f"| {label} | {len(runs)} | {b + 1}-{e} | " + " | ".join(f"{v:.3f}" for v in vals[:3])
                       + f" | {vals[3]:.4f} |")
+    vl = ["", "Held-out curve: greedy slow-mode EW-F1 (P / R) of the VAL_SAMPLES validation samples (training "
+          "data the GRPO never drew, not a test split) at each validation step, mean ± std over the runs:", ""]
+    val_steps = sorted({s for names in training.values() for n in names for s in validation(n)})
+    if val_steps:
+        vl += ["| variant | runs | " + " | ".join(f"step {s}" for s in val_steps) + " |", "|---" * (2 + len(val_steps)) + "|"]
+    for label, names in training.items():
+        vals = [v for v in map(validation, names) if v]
+        if vals and val_steps:
+            cells = [(f"{cell([v[s][0] for v in vals if s in v])} ({cell([v[s][1] for v in vals if s in v])} / "
+                      f"{cell([v[s][2] for v in vals if s in v])})") if any(s in v for v in vals) else "-" for s in val_steps]
+            vl.append(f"| {label} | {len(vals)} | " + " | ".join(cells) + " |")
     picture = plot(training)
     al = ["", "Where the advantage comes from (the logged completions, every LOG_COMPLETIONS_EVERY steps; share "
           "of the squared advantage; the cross terms make up the rest):", "", "| variant | runs | completions | A_dual | format | calibration "
@@ -329,7 +353,7 @@ def report():
         split = advantage_split(names) if label in split_variants else None
         if split:
             al.append(f"| {label} | {split} |")
-    text = lines + gain + dl + tr + al
+    text = lines + gain + dl + (vl if val_steps else []) + tr + al
     if picture:
         text += ["", f"![R_R and R_P over training steps]({picture})"]
     return "\n".join(text) + "\n"
