@@ -129,6 +129,18 @@ def take_lock(lock):
     return False
 
 
+def drop_optimizer(ckpt):
+    """Delete a finished run's optimizer state (1 GB for SmolLM2) and its line in checksums.json, so
+    the model still loads and verifies (evaluate.py, predict.py); resuming it is then impossible."""
+    state, sums = os.path.join(ckpt, "trainer_state.pt"), os.path.join(ckpt, "checksums.json")
+    if os.path.isfile(state):
+        os.remove(state)
+    if os.path.isfile(sums):
+        saved = json.load(open(sums))
+        if saved.pop("trainer_state.pt", None) is not None:
+            json.dump(saved, open(sums, "w"), indent=1)
+
+
 def start_workers():
     """JOBS - 1 more runners on the same folder (each skips the runs another one holds)."""
     args = [a for a in sys.argv[1:] if not a.startswith("--jobs=")]
@@ -165,10 +177,8 @@ def run_all():
                 workers = start_workers()
             print(f"{name}: evaluating", flush=True)
             scores = evaluate(ckpt, f"{RUNS}/{name}/eval", log)
-            if not KEEP_OPTIMIZER:  # the model stays (the checkpoint still loads); its optimizer goes
-                state = os.path.join(ROOT, ckpt, "trainer_state.pt")
-                if os.path.isfile(state):
-                    os.remove(state)
+            if not KEEP_OPTIMIZER:
+                drop_optimizer(os.path.join(ROOT, ckpt))
             result = {"name": name, "kind": kind, "variant": variant, "seed": seed,
                       "seconds": round(time.time() - t0), "results": scores}
             tmp = os.path.join(folder, "result.json.tmp")

@@ -134,3 +134,20 @@ def test_validation_curve_table_is_the_mean_and_std_over_runs(ablation):
     # step 10: F1 (64 + 68) / 2 = 66, sample std 2.83; P 66 ± 5.66; R 66 ± 0; step 20 has one run
     assert row == ["| mer_r1 | 2 | 60.00 ± 0.00 (61.00 ± 0.00 / 59.00 ± 0.00) | 66.00 ± 2.83 (66.00 ± 5.66 / "
                    "66.00 ± 0.00) | 67.00 (65.00 / 69.00) |"], text
+
+
+def test_a_finished_run_without_its_optimizer_still_verifies(tmp_path):
+    import mer
+    ablation = load()
+    ckpt = tmp_path / "last"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"weights")
+    (ckpt / "trainer_state.pt").write_bytes(b"optimizer")
+    json.dump(mer.file_checksums(str(ckpt)), open(ckpt / "checksums.json", "w"))
+    os.remove(ckpt / "trainer_state.pt")
+    assert mer.corrupt_files(str(ckpt)) == ["trainer_state.pt"]  # what deleting it alone did
+    (ckpt / "trainer_state.pt").write_bytes(b"optimizer")
+    ablation.drop_optimizer(str(ckpt))
+    assert sorted(os.listdir(ckpt)) == ["checksums.json", "model.safetensors"]
+    assert mer.corrupt_files(str(ckpt)) == []
+    assert list(json.load(open(ckpt / "checksums.json"))) == ["model.safetensors"]
