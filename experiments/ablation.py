@@ -217,19 +217,22 @@ def cell(xs):
     return "-" if m is None else f"{m:.2f} ± {s:.2f}" if len(xs) > 1 else f"{m:.2f}"
 
 
-def curves(name):
-    """(steps, R_R, R_P, format, KL) of a GRPO run from its log.jsonl (also while it trains)."""
+def log_records(name):
+    """The records of a run's log.jsonl ([] before it has one; also while it trains)."""
     path = os.path.join(ROOT, RUNS, name, "log.jsonl")
-    rows = [json.loads(l) for l in open(path)] if os.path.isfile(path) else []
-    rows = [r for r in rows if "step" in r and "event" not in r]
+    return [json.loads(l) for l in open(path)] if os.path.isfile(path) else []
+
+
+def curves(name):
+    """(steps, R_R, R_P, format, KL) of a GRPO run's training steps."""
+    rows = [r for r in log_records(name) if "step" in r and "event" not in r]
     return tuple([r[k] for r in rows] for k in ("step", "recall", "precision", "format", "kl"))
 
 
 def validation(name):
     """{step: (val F1, P, R)} of a GRPO run: its held-out samples scored greedily (VAL_SAMPLES)."""
-    path = os.path.join(ROOT, RUNS, name, "log.jsonl")
-    rows = [json.loads(l) for l in open(path)] if os.path.isfile(path) else []
-    return {r["step"]: (r["val_f1"], r["val_precision"], r["val_recall"]) for r in rows if r.get("event") == "validation"}
+    return {r["step"]: (r["val_f1"], r["val_precision"], r["val_recall"])
+            for r in log_records(name) if r.get("event") == "validation"}
 
 
 def plot(groups):
@@ -344,14 +347,13 @@ def report():
             vals = [sum(sum(r[k][b:e]) / (e - b) for r in runs) / len(runs) for k in (1, 2, 3, 4)]
             tr.append(f"| {label} | {len(runs)} | {b + 1}-{e} | " + " | ".join(f"{v:.3f}" for v in vals[:3])
                       + f" | {vals[3]:.4f} |")
+    held_out = {label: [v for v in map(validation, names) if v] for label, names in training.items()}
+    val_steps = sorted({s for vals in held_out.values() for v in vals for s in v})
     vl = ["", "Held-out curve: greedy slow-mode EW-F1 (P / R) of the VAL_SAMPLES validation samples (training "
-          "data the GRPO never drew, not a test split) at each validation step, mean ± std over the runs:", ""]
-    val_steps = sorted({s for names in training.values() for n in names for s in validation(n)})
-    if val_steps:
-        vl += ["| variant | runs | " + " | ".join(f"step {s}" for s in val_steps) + " |", "|---" * (2 + len(val_steps)) + "|"]
-    for label, names in training.items():
-        vals = [v for v in map(validation, names) if v]
-        if vals and val_steps:
+          "data the GRPO never drew, not a test split) at each validation step, mean ± std over the runs:", "",
+          "| variant | runs | " + " | ".join(f"step {s}" for s in val_steps) + " |", "|---" * (2 + len(val_steps)) + "|"]
+    for label, vals in held_out.items():
+        if vals:
             cells = [(f"{cell([v[s][0] for v in vals if s in v])} ({cell([v[s][1] for v in vals if s in v])} / "
                       f"{cell([v[s][2] for v in vals if s in v])})") if any(s in v for v in vals) else "-" for s in val_steps]
             vl.append(f"| {label} | {len(vals)} | " + " | ".join(cells) + " |")

@@ -115,7 +115,7 @@ def test_advantage_split_into_dual_format_and_calibration(ablation):
     assert ablation.advantage_split(["mer_r1_s1"]) is None
 
 
-def test_validation_curve_table_is_the_mean_and_std_over_runs(ablation):
+def test_validation_curve_table_is_the_mean_and_std_over_runs(ablation, monkeypatch):
     # two mer_r1 runs with held-out scores at steps 0 and 10, one of them also at 20
     logs = {"mer_r1_s0": [(0, 60.0, 61.0, 59.0), (10, 64.0, 62.0, 66.0), (20, 67.0, 65.0, 69.0)],
             "mer_r1_s1": [(0, 60.0, 61.0, 59.0), (10, 68.0, 70.0, 66.0)]}
@@ -127,9 +127,8 @@ def test_validation_curve_table_is_the_mean_and_std_over_runs(ablation):
                 f.write(json.dumps({"event": "validation", "step": step, "val_f1": f1, "val_precision": p,
                                     "val_recall": r}) + "\n")
     assert ablation.validation("mer_r1_s1") == {0: (60.0, 61.0, 59.0), 10: (68.0, 70.0, 66.0)}
-    monkey_plot, ablation.plot = ablation.plot, lambda groups: None  # no figure file from a test
+    monkeypatch.setattr(ablation, "plot", lambda groups: None)  # no figure file from a test
     text = ablation.report()
-    ablation.plot = monkey_plot
     row = [l for l in text.splitlines() if l.startswith("| mer_r1 | 2 | 60.00")]
     # step 10: F1 (64 + 68) / 2 = 66, sample std 2.83; P 66 ± 5.66; R 66 ± 0; step 20 has one run
     assert row == ["| mer_r1 | 2 | 60.00 ± 0.00 (61.00 ± 0.00 / 59.00 ± 0.00) | 66.00 ± 2.83 (66.00 ± 5.66 / "
