@@ -7,6 +7,11 @@ import torch
 import rewards as R
 from conftest import reference_advantages
 
+# The log-probabilities below are float32 tensors: log(0.2 + 0.3) and log(0.25 + 0.25) agree only to
+# float32 rounding (one ulp, 6e-8, on AVX-512 CPUs), so a gap that is 0 on paper is compared within
+# this, far below the 0.1-sized errors a wrong id set or sign would make.
+F32 = 1e-6
+
 
 def test_category_log_confidence_unique_ids():
     logp = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4]))
@@ -213,14 +218,14 @@ def test_completion_calibration_skips_wheels_whose_ground_truth_maps_to_nothing(
     # wheel 2: the ground truth maps to nothing; without skipping, both words would land in E-
     r_pos, r_neg, has_pos, has_neg = R.completion_calibration(
         slow, fast, [1, 3], [["happy", "sad"], ["happy", "sad"]], [tables, tables], [{"happy"}, set()])
-    assert (r_pos, has_pos, has_neg) == (pytest.approx(0.0), True, True)
+    assert (r_pos, has_pos, has_neg) == (pytest.approx(0.0, abs=F32), True, True)
     assert r_neg == pytest.approx(-(math.log(0.1) - math.log(0.7)))
     # no wheel knows the ground truth: no signal at all
     assert R.completion_calibration(slow, fast, [1, 3], [["happy", "sad"]], [tables], [set()]) == (0.0, 0.0, False, False)
     # two wheels with a ground truth: R+ averages over the wheels with E+ only (wheel 2 has none)
     r_pos, r_neg, has_pos, has_neg = R.completion_calibration(
         slow, fast, [1, 3], [["happy", "sad"], ["sad", "sad"]], [tables, tables], [{"happy"}, {"happy"}])
-    assert has_pos and r_pos == pytest.approx(0.0)
+    assert has_pos and r_pos == pytest.approx(0.0, abs=F32)
     # R-: wheel 1 gives -Delta(word 1); wheel 2 the mean of -Delta over both words (sad has id 3)
     w1 = -math.log(0.1 / 0.7)
     w2 = -(math.log(0.4 / 0.25) + math.log(0.1 / 0.7)) / 2
@@ -232,9 +237,9 @@ def test_word_gaps_category_and_word_level():
     fast = torch.log(torch.tensor([[0.25, 0.25, 0.25, 0.25], [0.7, 0.1, 0.1, 0.1]]))
     cat_ids = [{"happy": [1, 2], "sad": [3]}] * 2
     gaps = R.word_gaps(slow, fast, [1, 3], ["happy", "sad"], cat_ids)
-    assert gaps == pytest.approx([math.log(0.5) - math.log(0.5), math.log(0.1) - math.log(0.1)])
+    assert gaps == pytest.approx([math.log(0.5) - math.log(0.5), math.log(0.1) - math.log(0.1)], abs=F32)
     gaps = R.word_gaps(slow, fast, [1, 0], ["happy", None], cat_ids)
-    assert gaps == pytest.approx([0.0, 0.0])
+    assert gaps == pytest.approx([0.0, 0.0], abs=F32)
     # the second word's table differs (its in-context first tokens): sad -> ids {0, 3}
     gaps = R.word_gaps(slow, fast, [1, 3], ["happy", "sad"], [cat_ids[0], {"sad": [0, 3]}])
     assert gaps[1] == pytest.approx(math.log(0.5) - math.log(0.8))
