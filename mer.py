@@ -18,6 +18,7 @@ import sys
 
 import torch
 
+import rewards
 import wheel
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -907,6 +908,25 @@ def fast_answer(completion_ids, tokenizer):
         return None
     start, words = found
     return list(completion_ids[start:words[-1][1] + 1]), [(w, j, j - start, space) for w, j, space in words]
+
+
+def ground_truth(sample, wheels, reward_wheels):
+    """The sample's level-1 ground-truth categories, one set per reward wheel."""
+    return [wheel.map_words(wheel.split_words(sample["openset"]), wheels, k) for k in reward_wheels]
+
+
+def completion_rewards(rows, texts, wheels, reward_wheels):
+    """Step 2 of the GRPO loop: format, R_R, R_P, R_F of each completion (rows[i] is the sample of
+    completion i, texts[i] the whole assistant turn), as lists."""
+    r = {"format": [], "recall": [], "precision": [], "f1": []}
+    for sample, text in zip(rows, texts):
+        words = wheel.parse_answer(text)
+        pred = [wheel.map_words(words, wheels, k) for k in reward_wheels]
+        values = (rewards.format_reward(text, words, sample.get("subtitle", "")),
+                  *rewards.wheel_rewards(pred, ground_truth(sample, wheels, reward_wheels)))
+        for key, v in zip(r, values):
+            r[key].append(v)
+    return r
 
 
 def category_first_tokens(wheels, k, tokenizer, leading_space):

@@ -173,19 +173,6 @@ def logprobs(model, ids, mask, media, completion, c_mask):
         return rewards.chunked_logprobs(hidden, head, completion, TEMPERATURE, LOGPROB_CHUNK), hidden
 
 
-def group_rewards(rows, texts):
-    """Step 2: format, R_R, R_P, R_F of each completion (rows[i] is the sample of completion i)."""
-    r = {"format": [], "recall": [], "precision": [], "f1": []}
-    for sample, text in zip(rows, texts):
-        words = wheel.parse_answer(text)
-        gt = [wheel.map_words(wheel.split_words(sample["openset"]), wheels, k) for k in reward_wheels]
-        pred = [wheel.map_words(words, wheels, k) for k in reward_wheels]
-        for key, v in zip(r, (rewards.format_reward(text, words, sample.get("subtitle", "")),
-                              *rewards.wheel_rewards(pred, gt))):
-            r[key].append(v)
-    return r
-
-
 def calibration(rows, fast_ids, fast_mask, media, completions, slow_hidden):
     """Step 4 (Eq. 8-11): R+, R- and whether E+ / E- is non-empty, for each completion, from the slow
     sequence (the sample itself, whose hidden states the policy pass already computed) and a teacher-forced
@@ -212,7 +199,7 @@ def calibration(rows, fast_ids, fast_mask, media, completions, slow_hidden):
         with torch.no_grad(), autocast():
             fast_lp = torch.log_softmax(head(fast_hidden[i, [a for _, _, a, _ in words]]).float(), -1)
             slow_lp = torch.log_softmax(head(slow_hidden[i, [j for _, j, _, _ in words]].detach()).float(), -1)
-        gt = [wheel.map_words(wheel.split_words(rows[i]["openset"]), wheels, k) for k in reward_wheels]
+        gt = mer.ground_truth(rows[i], wheels, reward_wheels)
         cats = [[wheel.G_w(w, wheels, k) for w, _, _, _ in words] for k in reward_wheels]
         tables = [[first_tokens[(k, int(space))] for _, _, _, space in words] for k in reward_wheels]
         values = rewards.completion_calibration(slow_lp, fast_lp, [completions[i][j] for _, j, _, _ in words],
@@ -286,7 +273,7 @@ try:
             timing["generate_s"] += time.time() - t0
 
             # 2. rewards
-            r = group_rewards(rows, texts)
+            r = mer.completion_rewards(rows, texts, wheels, reward_wheels)
 
             # accumulate(): no gradient sync and no optimizer step until the last micro-batch; the
             # policy forward must sit inside it too. Updates after the first (UPDATES_PER_BATCH > 1)

@@ -392,3 +392,19 @@ def test_scripts_set_the_openmp_wait_policy_before_torch_loads(script):
         if setdefault is None and "OMP_WAIT_POLICY" in ast.unparse(node) and "setdefault" in ast.unparse(node):
             setdefault = node.lineno
     assert setdefault is not None and first_import is not None and setdefault < first_import, (setdefault, first_import)
+
+
+def test_completion_rewards_hand_computed():
+    import wheel
+    wheels = wheel.load_wheels()
+    sample = {"openset": "happy, sad", "subtitle": "I am fine."}
+    texts = ["<think>She smiles, then frowns.</think><answer>joyful, angry</answer>",  # one hit of two, every wheel
+             "<think></think><answer>calm</answer>"]  # empty think: format 0; calm is 'peaceful' on wheel 1 only
+    r = mer.completion_rewards([sample, sample], texts, wheels, [0, 1, 2, 3, 4])
+    assert r["format"] == [1.0, 0.0]
+    assert r["recall"] == pytest.approx([0.5, (0 + 4 * 0.5) / 5])
+    assert r["precision"] == pytest.approx([0.5, (0 + 4 * 1.0) / 5])
+    assert r["f1"] == pytest.approx([0.5, (0 + 4 * (2 * 0.5 / 1.5)) / 5])  # per wheel, then averaged
+    # the reward wheels chosen: on wheels 2-5 alone calm maps to happy
+    assert mer.completion_rewards([sample], texts[1:], wheels, [1, 3])["precision"] == [1.0]
+    assert mer.ground_truth(sample, wheels, [0, 1]) == [{"joyful", "sad"}, {"happy", "sad"}]
