@@ -10,6 +10,10 @@ PROMPTS = 2
 G = 4
 MAX_STEPS = 20            # the held-out curve of a 60-step probe peaked here (RESULTS.md, "What was tried")
 LR = 1e-5
+# Without warmup, the first full-size steps from the SFT start knocked the answer format out
+# (format 0.13-0.75 at steps 4-10) and the seeds that had not recovered by step 20 lost 10+ points
+# (RESULTS.md, "Without warmup"); 5 steps of linear warmup kept a probe at 98-100% format.
+WARMUP_STEPS = 5
 BETA = 0.04
 # Sampling closer to the greedy answer that evaluation reads: at 1.0 the groups of a 135M model
 # are mostly tail samples, and what GRPO fixes there the greedy answer never said.
