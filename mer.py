@@ -642,6 +642,14 @@ def left_pad(rows, pad, device="cpu"):
     return ids, mask
 
 
+def right_pad(rows, pad, device="cpu"):
+    """Right-padded ids and attention mask (teacher-forced continuations start at position 0)."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([list(r) + [pad] * (width - len(r)) for r in rows], device=device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+    return ids, mask
+
+
 def lr_at(step, lr, warmup, total, min_ratio=0.1):
     """Linear warmup for `warmup` steps, then cosine decay to min_ratio * lr at `total`."""
     if step < warmup:

@@ -184,10 +184,7 @@ def calibration(rows, fast_ids, fast_mask, media, completions, slow_hidden):
     if not any(built):
         return out
     # one row per completion, right-padded (a row without an answer is all padding)
-    answers = [b[0] if b else [] for b in built]
-    width = max(len(a) for a in answers)
-    a_ids = torch.tensor([a + [eos] * (width - len(a)) for a in answers], device=device)
-    a_mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in answers], device=device)
+    a_ids, a_mask = mer.right_pad([b[0] if b else [] for b in built], eos, device)
     with torch.no_grad():
         fast_hidden, head = completion_hidden(accelerator.unwrap_model(policy), fast_ids, fast_mask, media, a_ids, a_mask)
     for i, b in enumerate(built):
@@ -252,8 +249,7 @@ try:
         lr = mer.lr_at(step, LR, WARMUP_STEPS, total_steps, MIN_LR_RATIO) if WARMUP_STEPS else LR
         for group in optimizer.param_groups:
             group["lr"] = lr
-        world = accelerator.num_processes
-        batch_all = [s for _, s in mer.batch_at(samples, step * per_step, per_step, SEED, rank, world)]
+        batch_all = [s for _, s in mer.batch_at(samples, step * per_step, per_step, SEED, rank, accelerator.num_processes)]
         for micro in range(GRAD_ACCUM):
             batch = batch_all[micro * PROMPTS:(micro + 1) * PROMPTS]
             # 1. sample G completions per prompt, slow mode
@@ -350,4 +346,5 @@ if master:
     log.write(json.dumps({"event": "end", "step": step, "world_size": accelerator.num_processes,
                           "param_checksums": checksums}) + "\n")
     print(f"done: {step} steps, checkpoint in {OUT_DIR}/last")
+accelerator.wait_for_everyone()  # no rank tears its gloo pairs down while a peer still sends (SIGABRT at exit)
 accelerator.end_training()

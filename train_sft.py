@@ -207,4 +207,5 @@ except KeyboardInterrupt:
 bar.close()
 if master:
     print(f"done: {step} steps, checkpoint in {OUT_DIR}/last")
+accelerator.wait_for_everyone()  # no rank tears its gloo pairs down while a peer still sends (SIGABRT at exit)
 accelerator.end_training()

@@ -62,6 +62,14 @@ def test_lr_schedule():
     assert mer.lr_at(12, 1.0, 4, 20, min_ratio=0.0) == pytest.approx(0.5)
 
 
+def test_padding_both_sides():
+    ids, mask = mer.left_pad([[5, 6, 7], [8]], 0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = mer.right_pad([[5, 6, 7], [8], []], 0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0], [0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0], [0, 0, 0]]
+
+
 def test_bundled_splits():
     sizes = {s: len(mer.load_split(s)) for s in ("train", "test_fine", "test_basic", "test_sentiment")}
     assert sizes["train"] >= 3000 and min(sizes.values()) >= 200
