@@ -643,11 +643,10 @@ def left_pad(rows, pad, device="cpu"):
 
 
 def right_pad(rows, pad, device="cpu"):
-    """Right-padded ids and attention mask (teacher-forced continuations start at position 0)."""
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([list(r) + [pad] * (width - len(r)) for r in rows], device=device)
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-    return ids, mask
+    """Right-padded ids and attention mask (teacher-forced continuations start at position 0):
+    left_pad of the reversed rows, mirrored back."""
+    ids, mask = left_pad([list(r)[::-1] for r in rows], pad, device)
+    return ids.flip(1), mask.flip(1)
 
 
 def lr_at(step, lr, warmup, total, min_ratio=0.1):
