@@ -89,3 +89,42 @@ def test_a_short_run_raises_a_toy_reward():
         _update(model, optimizer, ids, mask, completion, c_mask, adv, g)
     # from near chance to nearly every token in the wanted half
     assert sum(means[:2]) / 2 < 0.7 and sum(means[-3:]) / 3 > 0.9, means
+
+
+def test_gradient_accumulation_gives_the_full_batch_gradient():
+    """configs/cpu_rl.py takes 8 prompts per step as 4 micro-batches of 2 (GRAD_ACCUM): with the
+    "sequence" and "constant" aggregations the accumulated gradient of the micro-batch losses, each
+    divided by the number of micro-batches (as accelerate's backward does), is the gradient of the
+    whole batch's loss, also with ratios off 1 (clipping active) and the KL term on."""
+    model, eos, ids, mask = _setup(seed=2)
+    g, width = 4, 6
+    with torch.no_grad():
+        completion = mer.sample(model, ids, mask, {}, g, max_new=width, min_new=width, eos=eos)
+    completion[1, 3] = eos  # one shorter completion, so the per-sequence means differ in length
+    c_mask = rewards.completion_mask(completion, eos)
+    adv = torch.tensor([1.2, -0.3, 0.4, -1.3, -0.9, 0.6, 0.9, -0.6])
+    noise = torch.randn(completion.shape, generator=torch.Generator().manual_seed(0))
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grad(aggregation, parts):
+        """Accumulated gradient over `parts`: lists of prompt indices, each one micro-batch."""
+        model.zero_grad()
+        for part in parts:
+            rows = [p * g + j for p in part for j in range(g)]
+            p_ids, p_mask = mer.left_pad([PROMPTS[p] for p in part], eos)
+            logits = mer.continuation_logits(model, p_ids, p_mask, {}, completion[rows], c_mask[rows], g).float()
+            logp = rewards.token_logprobs(logits, completion[rows])
+            old, ref = logp.detach() + 0.3 * noise[rows], logp.detach() - 0.2 * noise[rows]
+            loss, s = rewards.grpo_loss(logp, old, adv[rows], c_mask[rows], ref, eta=0.2, beta=0.04,
+                                        aggregation=aggregation, max_len=width)
+            (loss / len(parts)).backward()
+        assert s["clip_frac"] > 0
+        return torch.cat([p.grad.flatten() for p in params]).clone()
+
+    for aggregation in ("sequence", "constant"):
+        whole, accumulated = grad(aggregation, [[0, 1]]), grad(aggregation, [[0], [1]])
+        assert torch.allclose(whole, accumulated, rtol=1e-4, atol=1e-7), (aggregation, (whole - accumulated).abs().max())
+        assert whole.abs().max() > 1e-3  # not two zero gradients
+    # "token" weights each token by 1 / (all tokens of its micro-batch): not the same update
+    whole, accumulated = grad("token", [[0, 1]]), grad("token", [[0], [1]])
+    assert not torch.allclose(whole, accumulated, rtol=1e-3, atol=1e-6)
