@@ -9,7 +9,8 @@ VARIANT = "mer_r1"
 # 8 prompts per optimizer step, not 2: with 2, a step's gradient is set by which two samples it
 # drew (RESULTS.md); a probe at 8 raised the held-out curve by 9.9 points in 10 steps. Sampled
 # and backpropagated 2 at a time: the same loss and update as PROMPTS = 8 (every term is a mean
-# over equal micro-batches), at a quarter of the activations (one run: 11.6 GB -> ~6 GB).
+# over equal micro-batches), at a quarter of the activations (PROMPTS = 8 in one
+# micro-batch peaked at 11.6 GB RSS: too much for two runs side by side on 24 GB).
 PROMPTS = 2
 GRAD_ACCUM = 4
 G = 4
