@@ -42,7 +42,7 @@ KEEP_OPTIMIZER = False             # keep trainer_state.pt of finished runs (1 G
 PLAN = False
 REPORT = False
 LAMBDA_FMT = 0.1                   # train_grpo.py's, to split the logged advantages into their terms
-ESTIMATE_S = {"sft": 450, "grpo": 3600}  # before any run has finished here (bf16 autocast, 2 cores, two runners)
+ESTIMATE_S = {"sft": 960, "grpo": 5700}  # before any run has finished here (bf16 autocast, 2 cores, three runners)
 
 # the variants whose advantage is A_dual + lambda_fmt A_fmt (+ calibration): the report splits it
 split_variants = ("rd_ad", "mer_r1", "a1", "a2", "b1")
