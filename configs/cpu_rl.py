@@ -9,9 +9,9 @@ OUT_DIR = "out/grpo_rl"
 INIT = "out/sft_rl/last"
 VARIANT = "mer_r1"
 # 8 prompts per optimizer step, not 2: with 2, a step's gradient is set by which two samples it
-# drew (RESULTS.md). At 8, the held-out curve of three seeds rose 60.9 -> 68.9 by step 20. Sampled
-# and backpropagated 2 at a time: the same loss and update as PROMPTS = 8 (every term is a mean
-# over equal micro-batches), at a quarter of the activations (PROMPTS = 8 in one
+# drew (RESULTS.md). At 8, the held-out curve of mer_r1's three seeds rose 60.9 -> 68.9 by step
+# 20. Sampled and backpropagated 2 at a time: the same loss and update as PROMPTS = 8 (every term
+# is a mean over equal micro-batches), at a quarter of the activations (PROMPTS = 8 in one
 # micro-batch peaked at 11.6 GB RSS: too much for two runs side by side on 24 GB).
 PROMPTS = 2
 GRAD_ACCUM = 4
