@@ -42,7 +42,8 @@ KEEP_OPTIMIZER = False             # keep trainer_state.pt of finished runs (1 G
 PLAN = False
 REPORT = False
 LAMBDA_FMT = 0.1                   # train_grpo.py's, to split the logged advantages into their terms
-ESTIMATE_S = {"sft": 960, "grpo": 5700}  # before any run has finished here (bf16 autocast, 2 cores, three runners)
+# before any run has finished here (bf16 autocast, 2 cores, three runners); "eval": a trained run's evaluation
+ESTIMATE_S = {"sft": 960, "grpo": 5700, "eval": 1700}
 
 # the variants whose advantage is A_dual + lambda_fmt A_fmt (+ calibration): the report splits it
 split_variants = ("rd_ad", "mer_r1", "a1", "a2", "b1")
@@ -102,10 +103,12 @@ def finished():
     return out
 
 
-def estimate(kind, done):
-    """Seconds for a run of this kind: the median of those finished here, else ESTIMATE_S."""
-    times = sorted(r["seconds"] for r in done.values() if r["kind"] == kind)
-    return times[len(times) // 2] if times else ESTIMATE_S[kind]
+def estimate(kind, done, trained=False):
+    """Seconds for a run of this kind (only its evaluation once it has `trained`): the median of
+    those finished here, else ESTIMATE_S."""
+    key = "eval_seconds" if trained else "seconds"
+    times = sorted(r[key] for r in done.values() if r["kind"] == kind and key in r)
+    return times[len(times) // 2] if times else ESTIMATE_S["eval" if trained else kind]
 
 
 def take_lock(lock):
@@ -176,11 +179,13 @@ def run_all():
             if kind == "sft":
                 workers = start_workers()
             print(f"{name}: evaluating", flush=True)
+            t1 = time.time()
             scores = evaluate(ckpt, f"{RUNS}/{name}/eval", log)
             if not KEEP_OPTIMIZER:
                 drop_optimizer(os.path.join(ROOT, ckpt))
             result = {"name": name, "kind": kind, "variant": variant, "seed": seed,
-                      "seconds": round(time.time() - t0), "results": scores}
+                      "seconds": round(time.time() - t0), "eval_seconds": round(time.time() - t1),
+                      "results": scores}
             tmp = os.path.join(folder, "result.json.tmp")
             json.dump(result, open(tmp, "w"), indent=1)
             os.replace(tmp, os.path.join(folder, "result.json"))
@@ -194,11 +199,12 @@ def run_all():
 
 def plan():
     done = finished()
-    todo = [(n, k) for n, k, _, _ in run_dirs() if n not in done]
-    total = sum(estimate(k, done) for _, k in todo)
+    todo = [(n, estimate(k, done, os.path.isfile(os.path.join(ROOT, RUNS, n, "trained"))))
+            for n, k, _, _ in run_dirs() if n not in done]
+    total = sum(s for _, s in todo)
     print(f"{len(done)} runs finished, {len(todo)} to go, about {total / 3600:.1f} h on this machine")
-    for n, k in todo:
-        print(f"  {n:12s} ~{estimate(k, done) / 60:.0f} min")
+    for n, s in todo:
+        print(f"  {n:12s} ~{s / 60:.0f} min")
 
 
 # ---------------------------------------------------------------------------------------

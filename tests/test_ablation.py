@@ -58,6 +58,25 @@ def test_finished_runs_are_skipped_and_trained_runs_only_evaluated(ablation):
     assert ablation.calls == [("evaluate", "baseline_s1")]
 
 
+def test_plan_counts_a_trained_run_as_its_evaluation_only(ablation, capsys):
+    ablation.run_all()
+    for name in ("sft", "baseline_s0", "mer_r1_s0", "baseline_s1", "mer_r1_s1"):
+        path = os.path.join(ablation.RUNS, name, "result.json")
+        result = json.load(open(path))
+        assert 0 <= result["eval_seconds"] <= result["seconds"]
+        result["seconds"], result["eval_seconds"] = (600, 60) if name == "sft" else (6000, 1200)
+        json.dump(result, open(path, "w"))
+    os.remove(os.path.join(ablation.RUNS, "baseline_s1", "result.json"))  # trained, not evaluated
+    os.remove(os.path.join(ablation.RUNS, "mer_r1_s1", "result.json"))
+    os.remove(os.path.join(ablation.RUNS, "mer_r1_s1", "trained"))       # not trained
+    capsys.readouterr()
+    ablation.plan()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "3 runs finished, 2 to go, about 2.0 h on this machine"  # 1200 + 6000 s
+    assert out[1].split() == ["baseline_s1", "~20", "min"]
+    assert out[2].split() == ["mer_r1_s1", "~100", "min"]
+
+
 def test_grpo_runs_wait_for_the_sft_checkpoint(ablation):
     ablation.VARIANTS = "mer_r1"
     os.makedirs(os.path.join(ablation.RUNS, "sft"))
