@@ -326,12 +326,20 @@ def report():
         vals += [cell([get(n, basic, m, "hit") for n in names]) for m in ("slow", "fast")]
         vals += [cell([get(n, sentiment, m, "waf") for n in names]) for m in ("slow", "fast")]
         lines.append(f"| {label} | {len([n for n in names if n in done])} | " + " | ".join(vals) + " |")
-    gain = ["", "Slow-mode EW-F1 on test_fine against the SFT init (mean of the seeds' differences):", ""]
+    gain = ["", f"Slow-mode EW-F1 on {FINE} against the SFT init and, seed by seed (same prompts), against "
+            "`baseline` (mean ± std of the differences):", ""]
     sft = get("sft", FINE, "slow", "f1")
+    seed_of = lambda n: n.rsplit("_s", 1)[1]  # noqa: E731
+    base = {seed_of(n): get(n, FINE, "slow", "f1") for n in dict(rows).get("baseline", [])}
     for label, names in rows[1:]:
         d = [get(n, FINE, "slow", "f1") - sft for n in names if sft is not None]
         m, s = mean_std(d)
-        gain.append(f"- {label}: {m:+.2f} ± {s:.2f} over {len(d)} seeds" if m is not None else f"- {label}: -")
+        line = f"- {label}: {m:+.2f} ± {s:.2f} over {len(d)} seeds" if m is not None else f"- {label}: -"
+        paired = [get(n, FINE, "slow", "f1") - base[seed_of(n)] for n in names if seed_of(n) in base]
+        if label != "baseline" and paired:
+            m, s = mean_std(paired)
+            line += f"; against `baseline` {m:+.2f} ± {s:.2f} over {len(paired)} seeds"
+        gain.append(line)
     dl = ["", f"Section-3 diagnostics on {FINE} (Eq. 1-2, Fig. 8; mean over seeds):", "",
           "| variant | conf_gt fast | conf_gt slow | margin fast | margin slow | retained hit-rate | categories/answer slow |",
           "|---|---|---|---|---|---|---|"]

@@ -154,6 +154,18 @@ def test_validation_curve_table_is_the_mean_and_std_over_runs(ablation, monkeypa
                    "66.00 ± 0.00) | 67.00 (65.00 / 69.00) |"], text
 
 
+def test_gains_over_the_sft_and_over_baseline_seed_by_seed(ablation, monkeypatch):
+    f1 = {"sft": 60.0, "baseline_s0": 64.0, "mer_r1_s0": 63.0, "baseline_s1": 66.0, "mer_r1_s1": 69.0}
+    monkeypatch.setattr(ablation, "evaluate", lambda ckpt, out, log: {"test_fine": {
+        m: {"scores": {"f1": f1[ckpt.split("/")[-2]]}} for m in ("slow", "fast")}})
+    monkeypatch.setattr(ablation, "plot", lambda groups: None)
+    ablation.run_all()
+    lines = [l for l in ablation.report().splitlines() if l.startswith("- ")]
+    # baseline 4, 6 over the SFT; mer_r1 3, 9 over the SFT and -1, +3 over baseline of its seed
+    assert lines == ["- baseline: +5.00 ± 1.41 over 2 seeds",
+                     "- mer_r1: +6.00 ± 4.24 over 2 seeds; against `baseline` +1.00 ± 2.83 over 2 seeds"]
+
+
 def test_a_finished_run_without_its_optimizer_still_verifies(tmp_path):
     import mer
     ablation = load()
