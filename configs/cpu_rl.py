@@ -3,8 +3,9 @@
 #   python train_sft.py configs/cpu_rl_sft.py && python train_grpo.py configs/cpu_rl.py
 #   python evaluate.py --ckpt=out/grpo_rl/last --splits=test_fine
 # experiments/ablation.py runs it for every variant and seed (RESULTS.md there). Slow test_fine
-# EW-F1 over the SFT start's 67.78, three seeds: --variant=baseline +6.88 +- 1.16, mer_r1
-# +5.77 +- 3.82 (one seed's answers grew longer; the other two gained 6-10 points).
+# EW-F1 over the SFT start's 67.78, three seeds: --variant=baseline +6.88 +- 1.16, rd +6.49
+# +- 2.16, rd_ad +4.96 +- 4.51, mer_r1 +5.77 +- 3.82 (in rd_ad and mer_r1 one seed's answers
+# grew longer; their other two gained 6-10 points).
 OUT_DIR = "out/grpo_rl"
 INIT = "out/sft_rl/last"
 VARIANT = "mer_r1"
