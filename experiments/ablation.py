@@ -329,13 +329,13 @@ def report():
     gain = ["", f"Slow-mode EW-F1 on {FINE} against the SFT init and, seed by seed (same prompts), against "
             "`baseline` (mean ± std of the differences):", ""]
     sft = get("sft", FINE, "slow", "f1")
-    seed_of = lambda n: n.rsplit("_s", 1)[1]  # noqa: E731
-    base = {seed_of(n): get(n, FINE, "slow", "f1") for n in dict(rows).get("baseline", [])}
+    base = {done[n]["seed"]: get(n, FINE, "slow", "f1") for n in dict(rows).get("baseline", [])}
     for label, names in rows[1:]:
-        d = [get(n, FINE, "slow", "f1") - sft for n in names if sft is not None]
+        slow = {done[n]["seed"]: get(n, FINE, "slow", "f1") for n in names}
+        d = [f1 - sft for f1 in slow.values() if sft is not None]
         m, s = mean_std(d)
         line = f"- {label}: {m:+.2f} ± {s:.2f} over {len(d)} seeds" if m is not None else f"- {label}: -"
-        paired = [get(n, FINE, "slow", "f1") - base[seed_of(n)] for n in names if seed_of(n) in base]
+        paired = [f1 - base[seed] for seed, f1 in slow.items() if seed in base]
         if label != "baseline" and paired:
             m, s = mean_std(paired)
             line += f"; against `baseline` {m:+.2f} ± {s:.2f} over {len(paired)} seeds"
