@@ -1,10 +1,11 @@
-"""MER-UniBench metrics (Eq. 36-40, WAF), the evaluation harness (fast and slow thinking) and
-the diagnostics of the paper's Section 3.
+"""MER-UniBench metrics (Eq. 36-40, WAF, the sentiment mapping), Section 3's diagnostics, the
+Table-3 means, and the evaluation script (the model side lives in mer/generation.py).
 
 Evaluate a model on the bundled test splits in both modes (default checkpoint: out/grpo/last,
 else out/sft/last, else the base smollm2):
     python evaluate.py
     python evaluate.py --ckpt=out/sft/last --splits=test_fine --modes=slow
+    python evaluate.py --splits=goemotions/test_fine,goemotions/test_basic,goemotions/test_sentiment
     python evaluate.py --splits=ovmerd:/data/ovmerd,mer2023:/data/mer2023,mosi:/data/mosi
     python evaluate.py --splits=basic:my_clips.jsonl   # TASK: says how a .jsonl is scored (else fine,
                                                        # or sentiment when its samples have only valence)
@@ -22,7 +23,6 @@ Draw the training curves of a run at any time (training.png next to the log):
     python evaluate.py --plot=out/grpo/log.jsonl
 """
 import csv
-import io
 import json
 import math
 import os
@@ -33,11 +33,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle thread
 
 import rewards  # noqa: E402
 import wheel  # noqa: E402
-from mer import configure  # noqa: E402
+from mer import checkpoints, data, generation, models, plots, prompts, run  # noqa: E402
 
 # harness
 CKPT = ""           # checkpoint folder or model name; empty: out/grpo/last, else out/sft/last, else smollm2
-SPLITS = "test_fine,test_basic,test_sentiment"  # bundled splits, .jsonl files, KIND:DIR, TASK:SPEC (mer.load_samples)
+SPLITS = "test_fine,test_basic,test_sentiment"  # bundled splits, .jsonl files, KIND:DIR, TASK:SPEC (mer.data.load_samples)
 MODES = "fast,slow"
 OUT_DIR = "out/eval"
 MAX_SAMPLES = 0     # per split (0: all)
@@ -155,46 +155,6 @@ def waf(pred_scores, true_valences):
 # ---------------------------------------------------------------------------------------
 # Files
 
-def read_name_column_csv(path, column):
-    """{name: value} from a CSV with the columns `name` and `column` (UTF-8, a BOM is allowed);
-    errors name the file and row: bytes that are not UTF-8, a quote left open, a row with more
-    fields than the header (an unquoted comma inside the words), an empty or repeated name."""
-    try:
-        data = open(path, "rb").read()
-    except OSError as e:
-        raise SystemExit(f"{path}: cannot open ({e.strerror})")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise SystemExit(f"{path}, line {line}: not UTF-8 (byte {data[e.start:e.start + 1]!r}); save the file as UTF-8")
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        rows = list(reader)
-    except csv.Error as e:
-        raise SystemExit(f"{path}, line {reader.line_num}: {e}: a quote opened there is never closed")
-    header = [h.strip() for h in rows[0]] if rows else []
-    if "name" not in header or column not in header:
-        raise SystemExit(f"{path}: needs the columns name,{column}; found {header}")
-    out = {}
-    for i, row in enumerate(rows[1:], start=2):
-        if not any(f.strip() for f in row):
-            continue
-        if len(row) != len(header):
-            raise SystemExit(f"{path}, row {i}: {len(row)} fields for a header of {len(header)}; put words that "
-                             f"contain commas in quotes, e.g. s1,\"happy, joyful\"")
-        row = dict(zip(header, row))
-        name = row["name"].strip()
-        if not name:
-            raise SystemExit(f"{path}, row {i}: empty name; every row needs the sample's name")
-        if name in out:
-            raise SystemExit(f"{path}, row {i}: name {name!r} appears twice; keep one row per sample")
-        out[name] = row[column]
-    if not out:
-        raise SystemExit(f"{path}: no rows")
-    return out
-
-
 def _is_number(text):
     try:
         return math.isfinite(float(text))
@@ -218,9 +178,9 @@ def report_mismatch(preds, labels, preds_path, labels_path):
 def score_files(preds_path, labels_path, task, wheels_dir=""):
     """The score-only command: scores of a prediction CSV against a label CSV, in percent."""
     wheels = wheel.load_wheels(wheels_dir or None)
-    preds = {n: wheel.string_to_list(v) for n, v in read_name_column_csv(preds_path, "openset").items()}
+    preds = {n: wheel.string_to_list(v) for n, v in data.read_name_column_csv(preds_path, "openset").items()}
     if task == "sentiment":
-        raw = read_name_column_csv(labels_path, "valence")
+        raw = data.read_name_column_csv(labels_path, "valence")
         bad = [n for n, v in raw.items() if not _is_number(v)]
         if bad:
             raise SystemExit(f"{labels_path}: valence of {bad[0]!r} is {raw[bad[0]]!r}, not a finite number")
@@ -229,7 +189,7 @@ def score_files(preds_path, labels_path, task, wheels_dir=""):
         names = list(valences)
         scores = [sentiment_score(preds.get(n, []), wheels) for n in names]
         return {"waf": round(waf(scores, [valences[n] for n in names]), 4), "n": len(names)}
-    labels = {n: wheel.string_to_list(v) for n, v in read_name_column_csv(labels_path, "openset").items()}
+    labels = {n: wheel.string_to_list(v) for n, v in data.read_name_column_csv(labels_path, "openset").items()}
     report_mismatch(preds, labels, preds_path, labels_path)
     if task not in ("fine", "basic"):
         raise SystemExit(f"--task must be fine, basic or sentiment, not {task!r}")
@@ -302,132 +262,24 @@ def average_categories(preds, names, wheels):
     return sum(per_wheel) / len(per_wheel)
 
 
-# ---------------------------------------------------------------------------------------
-# Harness: generation, teacher-forced confidences, scores, files
-
-UNIBENCH_TASK = {"ovmerd": "fine", "mer2023": "basic", "mer2024": "basic", "meld": "basic", "iemocap": "basic",
-                 "mosi": "sentiment", "mosei": "sentiment", "sims": "sentiment", "simsv2": "sentiment"}
-JUDGE_PROMPT = ("Please assume the role of an expert in emotions. We provide a set of emotion words describing a "
-                "character. Please choose the most likely sentiment from the candidates: [positive, negative, "
-                "neutral].\nEmotion words: {words}\nAnswer with one word.")
-
-
-def split_name(spec):
-    """A short name for a split spec: the kind of KIND:DIR, the file name of a .jsonl, or the split."""
-    if spec.endswith(".jsonl"):
-        return os.path.splitext(os.path.basename(spec))[0]
-    return spec.partition(":")[0]
-
-
-BUNDLED_TASK = {"test_fine": "fine", "test_basic": "basic", "test_sentiment": "sentiment"}
-
-
-def task_of(spec, samples):
-    """fine | basic | sentiment: a `TASK:` prefix says it; else the bundled split's or MER-UniBench
-    set's task; else the samples' fields (only `valence`, no `openset`: sentiment; else fine)."""
-    import mer
-    prefix = spec.partition(":")[0]
-    if prefix in mer.TASKS:
-        return prefix
-    name = split_name(spec)
-    if spec in BUNDLED_TASK or name in UNIBENCH_TASK:
-        return BUNDLED_TASK.get(spec) or UNIBENCH_TASK[name]
-    return "sentiment" if all("openset" not in s for s in samples) else "fine"
-
-
-def generate(model, tokenizer, samples, mode, max_new_tokens, batch_size, autocast, processor=None,
-             diagnostics=False, desc=""):
-    """Greedy completions after the forced prefix of `mode`, batched by prompt length. Returns, in
-    sample order, (prompt_ids, completion_ids, teacher) with the completion cut after the first EOS
-    and `teacher` the word_logprobs result (None without `diagnostics`)."""
-    import torch
-    from tqdm import tqdm
-    import mer
-    eos = tokenizer.eos_token_id
-    lengths = [len(mer.prompt_text(s, tokenizer, mode)) for s in samples]
-    order = sorted(range(len(samples)), key=lambda i: lengths[i])
-    out = [None] * len(samples)
-    for b in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
-        idx = order[b:b + batch_size]
-        prompts, media = mer.encode_prompts([samples[i] for i in idx], tokenizer, mode, processor)
-        media = {k: v.to(model.device) for k, v in media.items()}
-        ids, mask = mer.left_pad(prompts, eos, model.device)
-        with torch.no_grad(), autocast():
-            # stop at the answer's end: a model that keeps talking after </answer> costs time, not score
-            seqs = model.generate(input_ids=ids, attention_mask=mask, **media, do_sample=False,
-                                  max_new_tokens=max_new_tokens, pad_token_id=eos, eos_token_id=eos,
-                                  stop_strings=["</answer>"], tokenizer=tokenizer)
-        completion = seqs[:, ids.shape[1]:]
-        n = rewards.completion_mask(completion, eos).sum(1)
-        completions = [completion[row, :int(n[row])].tolist() for row in range(len(idx))]
-        teacher = (word_logprobs(model, tokenizer, prompts, completions, mode, media, autocast) if diagnostics
-                   else [None] * len(idx))
-        for row, i in enumerate(idx):
-            out[i] = (prompts[row], completions[row], teacher[row])
-    return out
-
-
-def validate(model, tokenizer, samples, wheels, autocast, processor=None, batch_size=BATCH_SIZE):
-    """Greedy slow-mode EW-F1, precision, recall and format (percent) of `samples` (fine task), no
-    files written: the held-out learning curve of a GRPO run (train_grpo.py --val_samples)."""
-    import mer
-    outputs = generate(model, tokenizer, samples, "slow", MAX_NEW_TOKENS, batch_size, autocast, processor)
-    texts = [mer.PREFIX["slow"] + tokenizer.decode(c, skip_special_tokens=True) for _, c, _ in outputs]
-    preds = {s["name"]: wheel.parse_answer(t) for s, t in zip(samples, texts)}
-    scores = score("fine", preds, samples, wheels)
-    fmt = sum(rewards.format_reward(t, preds[s["name"]], s.get("subtitle", "")) for s, t in zip(samples, texts))
-    return {"val_f1": scores["f1"], "val_precision": scores["precision"], "val_recall": scores["recall"],
-            "val_format": 100 * fmt / len(samples)}
-
-
-def word_logprobs(model, tokenizer, prompts, completions, mode, media, autocast):
-    """Teacher-forced pass over the model's own answers (one batch, with its media): for each
-    completion, the answer words [(word, j, leading_space)] and the log-probs [n_words, vocab] at
-    their first tokens, or None when the answer does not parse."""
-    import torch
-    import mer
-    found = [mer.answer_word_positions(c, tokenizer, mer.PREFIX[mode]) for c in completions]
-    if not any(f and f[1] for f in found):
-        return [None] * len(completions)
-    ids, mask = mer.left_pad([p + c for p, c in zip(prompts, completions)], tokenizer.eos_token_id, model.device)
-    keep = max(len(c) for c in completions) + 1
-    with torch.no_grad(), autocast():
-        logits = mer.forward_logits(model, ids, mask, media, keep).float()
-    out = []
-    for row, (f, c) in enumerate(zip(found, completions)):
-        if not (f and f[1]):
-            out.append(None)
+def confidence_diagnostics(tokenizer, samples, teacher, task, wheels):
+    """Fig. 3c/3d: mean conf on ground-truth categories (Eq. 1) and mean margin (Eq. 2), over the
+    samples whose answer parses, averaged over the wheels (`teacher`: word_logprobs per sample)."""
+    tables = prompts.category_tables(tokenizer, wheels)
+    conf_gt, margin = [], []
+    for s, found in zip(samples, teacher):
+        if found is None:
             continue
-        # completion token j is predicted at kept column keep - len(c) + j - 1
-        cols = [keep - len(c) + j - 1 for _, j, _ in f[1]]
-        out.append((f[1], torch.log_softmax(logits[row, cols], -1)))
-    return out
-
-
-def judge_sentiment(judge, tokenizer, word_lists, batch_size=16):
-    """The paper's LLM sentiment mapping (Appendix B.1): 1 positive, -1 negative, 0 neutral/other."""
-    import torch
-    import mer
-    eos = tokenizer.eos_token_id
-    out = []
-    for b in range(0, len(word_lists), batch_size):
-        chats = [[{"role": "user", "content": JUDGE_PROMPT.format(words=", ".join(w) or "none")}]
-                 for w in word_lists[b:b + batch_size]]
-        rows = [tokenizer.apply_chat_template(c, tokenize=True, add_generation_prompt=True) for c in chats]
-        rows = [r["input_ids"] if isinstance(r, dict) or hasattr(r, "keys") else r for r in rows]
-        ids, mask = mer.left_pad(rows, eos, judge.device)
-        with torch.no_grad():
-            seqs = judge.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=8,
-                                  pad_token_id=eos, eos_token_id=eos)
-        out += [parse_sentiment(tokenizer.decode(s[ids.shape[1]:], skip_special_tokens=True)) for s in seqs]
-    return out
-
-
-def parse_sentiment(text):
-    """The first of positive / negative / neutral in a judge's reply: 1, -1 or 0 (0 when none)."""
-    import re
-    m = re.search(r"positive|negative|neutral", text.lower())
-    return {"positive": 1, "negative": -1, "neutral": 0}[m.group()] if m else 0
+        words, lp = found
+        gt_words = label_words(s, task)
+        per_wheel = [answer_confidences(lp, [tables[(k, w.space)] for w in words], wheel.map_words(gt_words, wheels, k))
+                     for k in range(len(wheels.level1))]
+        per_wheel = [p for p in per_wheel if p is not None]
+        if per_wheel:
+            conf_gt.append(sum(c for c, _ in per_wheel) / len(per_wheel))
+            margin.append(sum(m for _, m in per_wheel) / len(per_wheel))
+    return {"conf_gt": sum(conf_gt) / len(conf_gt) if conf_gt else None,
+            "margin": sum(margin) / len(margin) if margin else None, "n_confidence": len(conf_gt)}
 
 
 def label_words(sample, task):
@@ -503,38 +355,22 @@ def table(results, modes):
     return "\n".join(lines)
 
 
-def find_ckpt(ckpt):
-    """The checkpoint to evaluate: `ckpt` (empty: out/grpo/last, else out/sft/last, else the base
-    smollm2), or `ckpt.old` (what an interrupted save leaves) when `ckpt` is missing; a checkpoint
-    whose files differ from its checksums is an error."""
-    import mer
-    for path in [ckpt] if ckpt else ["out/grpo/last", "out/sft/last"]:
-        for p in (path, path + ".old"):
-            if os.path.isfile(os.path.join(p, "config.json")):
-                if p != path:
-                    print(f"{path} is missing; evaluating {p}, left by an interrupted save", file=sys.stderr)
-                mer.verify_checkpoint(p)
-                return p
-    return ckpt or "smollm2"
-
-
 def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=None, processor=None, head=None):
     """Run every split in every mode, write predictions and labels; after each split, summary.json
     (`head`, then the results and means of the splits done: a later split that fails loses
     nothing). Returns the summary."""
-    import mer
     os.makedirs(out_dir, exist_ok=True)
     results, t_start = {}, time.time()
     for spec in splits:
-        samples = mer.load_samples(spec, SKIP_MISSING_MEDIA)
-        samples = mer.fit_prompts(samples[:MAX_SAMPLES] if MAX_SAMPLES else samples, tokenizer, MAX_PROMPT_TOKENS)
-        name, task = split_name(spec), task_of(spec, samples)
+        samples = data.load_samples(spec, SKIP_MISSING_MEDIA)
+        samples = prompts.fit_prompts(samples[:MAX_SAMPLES] if MAX_SAMPLES else samples, tokenizer, MAX_PROMPT_TOKENS)
+        name, task = data.split_name(spec), data.task_of(spec, samples)
         names = [s_["name"] for s_ in samples]
         if len(set(names)) < len(names):
             dup = next(n for n in names if names.count(n) > 1)
             raise SystemExit(f"{spec}: sample name {dup!r} appears {names.count(dup)} times (samples "
                              f"{[i + 1 for i, n in enumerate(names) if n == dup]}); names must be unique")
-        unmapped = mer.report_unmapped(spec, samples, wheels) if task != "sentiment" else None
+        unmapped = data.report_unmapped(spec, samples, wheels) if task != "sentiment" else None
         if task == "sentiment":
             bad = [s["name"] for s in samples if "valence" not in s]
             if bad:
@@ -549,9 +385,9 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
             t0 = time.time()
             limit = MAX_NEW_TOKENS if mode == "slow" else FAST_MAX_NEW_TOKENS
             diagnose = DIAGNOSTICS and task != "sentiment"
-            outputs = generate(model, tokenizer, samples, mode, limit, BATCH_SIZE, autocast, processor, diagnose,
-                               f"{name} {mode}")
-            texts = [mer.PREFIX[mode] + tokenizer.decode(c, skip_special_tokens=True) for _, c, _ in outputs]
+            outputs = generation.generate(model, tokenizer, samples, mode, limit, BATCH_SIZE, autocast, processor,
+                                          diagnose, f"{name} {mode}")
+            texts = generation.completion_texts(tokenizer, [c for _, c, _ in outputs], mode)
             opensets = [", ".join(wheel.parse_answer(t)) for t in texts]
             write_csv(os.path.join(out_dir, f"preds_{name}_{mode}.csv"), ["name", "openset", "mode", "text"],
                       [[s["name"], o, mode, t] for s, o, t in zip(samples, opensets, texts)])
@@ -559,7 +395,7 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
             preds = {s["name"]: wheel.string_to_list(o) for s, o in zip(samples, opensets)}
             sentiments = None
             if task == "sentiment" and judge is not None:
-                judged = judge_sentiment(*judge, [preds[s["name"]] for s in samples])
+                judged = generation.judge_sentiment(*judge, [preds[s["name"]] for s in samples])
                 sentiments = {s["name"]: v for s, v in zip(samples, judged)}
             entry = {"scores": score(task, preds, samples, wheels, sentiments),
                      "format": sum(rewards.format_reward(t, wheel.parse_answer(t), s.get("subtitle", ""),
@@ -587,113 +423,22 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
     return summary
 
 
-def category_tables(tokenizer, wheels):
-    """V(c) of Eq. (1) in token space for every wheel, for answer words with and without a leading
-    space: {(wheel index, leading_space): {category: first token ids}}."""
-    import mer
-    return {(k, sp): mer.category_first_tokens(wheels, k, tokenizer, sp)
-            for k in range(len(wheels.level1)) for sp in (False, True)}
-
-
-def confidence_diagnostics(tokenizer, samples, teacher, task, wheels):
-    """Fig. 3c/3d: mean conf on ground-truth categories (Eq. 1) and mean margin (Eq. 2), over the
-    samples whose answer parses, averaged over the wheels (`teacher`: word_logprobs per sample)."""
-    tables = category_tables(tokenizer, wheels)
-    conf_gt, margin = [], []
-    for s, found in zip(samples, teacher):
-        if found is None:
-            continue
-        words, lp = found
-        gt_words = label_words(s, task)
-        per_wheel = [answer_confidences(lp, [tables[(k, sp)] for _, _, sp in words], wheel.map_words(gt_words, wheels, k))
-                     for k in range(len(wheels.level1))]
-        per_wheel = [p for p in per_wheel if p is not None]
-        if per_wheel:
-            conf_gt.append(sum(c for c, _ in per_wheel) / len(per_wheel))
-            margin.append(sum(m for _, m in per_wheel) / len(per_wheel))
-    return {"conf_gt": sum(conf_gt) / len(conf_gt) if conf_gt else None,
-            "margin": sum(margin) / len(margin) if margin else None, "n_confidence": len(conf_gt)}
-
-
-def pyplot():
-    """matplotlib's pyplot (Agg), or None with a hint when it is not installed (it is optional)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        return plt
-    except ImportError:
-        print("(pip install matplotlib for the PNG figures)", file=sys.stderr)
-        return None
-
-
-TRAINING_PANELS = (("rewards", {"recall": "R_R", "precision": "R_P", "format": "format"}),
-                   ("KL to the reference", {"kl": "KL"}), ("completion tokens", {"completion_len": "length"}),
-                   ("SFT loss", {"loss": "loss"}))
-
-
-def plot_training(log, path):
-    """Fig.-7-style curves of a training log.jsonl as a PNG at `path` (GRPO: R_R, R_P and format,
-    KL, completion length, the held-out scores when validated; SFT: the loss), during or after training. Returns `path`, or None
-    without matplotlib."""
-    if not os.path.isfile(log):
-        raise SystemExit(f"{log}: no such file")
-    records = [json.loads(line) for line in open(log) if line.strip()]
-    rows = [r for r in records if "step" in r and "event" not in r]
-    if not rows:
-        raise SystemExit(f"{log}: no training step logged yet")
-    grpo = "recall" in rows[0]
-    panels = [(t, {k: v for k, v in keys.items() if k in rows[0]}, rows) for t, keys in TRAINING_PANELS
-              if grpo != (t == "SFT loss")]
-    val = [r for r in records if r.get("event") == "validation"]
-    if val:  # train_grpo.py --val_samples: greedy slow mode on held-out samples
-        panels.append(("held-out, greedy slow (%)", {"val_f1": "EW-F1", "val_precision": "P", "val_recall": "R"}, val))
-    plt = pyplot()
-    if plt is None:
-        return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.2), squeeze=False)
-    for ax, (title, keys, points) in zip(axes[0], panels):
-        for key, label in keys.items():
-            ax.plot([r["step"] for r in points], [r[key] for r in points], label=label)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
-
-
-def plot(results, out_dir, grpo_log):
-    """Fig. 3-style diagnostics (diagnostics.png) and, from `grpo_log`, the training curves
-    (training.png), when matplotlib exists."""
-    names = [n for n, r in results.items() if r["task"] != "sentiment" and "slow" in r and "fast" in r]
-    plt = pyplot() if names else None
-    if plt is not None:
-        fig, ax = plt.subplots(1, 4, figsize=(16, 3.5))
-        x = range(len(names))
-        for i, k in enumerate(("recall", "precision", "f1")):
-            ax[0].bar([j + 0.25 * i for j in x], [results[n]["delta_fast_minus_slow"].get(k, 0) for n in names],
-                      0.25, label=f"delta {k}")
-        ax[0].set_title("(a) fast - slow")
-        for col, (key, title) in enumerate((("avg_categories", "(b) categories per answer"),
-                                             ("conf_gt", "(c) conf on ground truth"), ("margin", "(d) margin")), 1):
-            for i, mode in enumerate(("fast", "slow")):
-                ax[col].bar([j + 0.4 * i for j in x], [results[n][mode].get(key) or 0 for n in names], 0.4, label=mode)
-            ax[col].set_title(title)
-        for a in ax:
-            a.set_xticks(list(x))
-            a.set_xticklabels(names, fontsize=8)
-            a.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "diagnostics.png"), dpi=100)
-    if grpo_log and os.path.isfile(grpo_log):
-        plot_training(grpo_log, os.path.join(out_dir, "training.png"))
+def validate(model, tokenizer, samples, wheels, autocast, max_new_tokens, batch_size, processor=None):
+    """Greedy slow-mode EW-F1, precision, recall and format (percent) of `samples` (fine task), no
+    files written: the held-out learning curve of a GRPO run (train_grpo.py --val_samples)."""
+    outputs = generation.generate(model, tokenizer, samples, "slow", max_new_tokens, batch_size, autocast, processor)
+    texts = generation.completion_texts(tokenizer, [c for _, c, _ in outputs], "slow")
+    preds = {s["name"]: wheel.parse_answer(t) for s, t in zip(samples, texts)}
+    scores = score("fine", preds, samples, wheels)
+    fmt = sum(rewards.format_reward(t, preds[s["name"]], s.get("subtitle", "")) for s, t in zip(samples, texts))
+    return {"val_f1": scores["f1"], "val_precision": scores["precision"], "val_recall": scores["recall"],
+            "val_format": 100 * fmt / len(samples)}
 
 
 if __name__ == "__main__":
-    configure(globals())
+    run.configure(globals())
     if PLOT:
-        path = plot_training(PLOT, os.path.join(os.path.dirname(PLOT), "training.png"))
+        path = plots.plot_training(PLOT, os.path.join(os.path.dirname(PLOT), "training.png"))
         print(f"wrote {path}" if path else "nothing written: matplotlib is not installed")
     elif PREDS or LABELS:
         if not (PREDS and LABELS):
@@ -701,28 +446,24 @@ if __name__ == "__main__":
         print(json.dumps(score_files(PREDS, LABELS, TASK, WHEELS)))
     else:
         import torch
-        import mer
+        splits, modes = [s for s in SPLITS.split(",") if s], [m for m in MODES.split(",") if m]
+        bad = [m for m in modes if m not in prompts.PREFIX]
+        run.check_settings([(splits, "--splits: name at least one split"),
+                            (not bad, f"--modes: {bad[0]!r} is not fast or slow" if bad else "")])
         if THREADS:
             torch.set_num_threads(THREADS)
-        ckpt = find_ckpt(CKPT)
-        bf16 = mer.use_bf16(PRECISION)
+        ckpt = checkpoints.find_model(CKPT)
+        bf16 = run.use_bf16(PRECISION)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
         print(f"evaluating {ckpt} ({'bf16 autocast' if bf16 else 'fp32'}, {device})")
-        model, tokenizer = mer.load_model(ckpt)
-        processor = mer.load_processor(ckpt)
+        model, tokenizer = models.load_model(ckpt)
+        processor = models.load_processor(ckpt)
         model.to(device).eval()
         judge = None
         if JUDGE:
-            judge_model, judge_tok = mer.load_model(JUDGE)
+            judge_model, judge_tok = models.load_model(JUDGE)
             judge = (judge_model.to(device).eval(), judge_tok)
-        splits = [s for s in SPLITS.split(",") if s]
-        if not splits:
-            raise SystemExit("--splits: name at least one split")
-        modes = [m for m in MODES.split(",") if m]
-        bad = [m for m in modes if m not in mer.PREFIX]
-        if bad:
-            raise SystemExit(f"--modes: {bad[0]!r} is not fast or slow")
         summary = evaluate(model, tokenizer, splits, modes, wheel.load_wheels(WHEELS or None), OUT_DIR, autocast,
                            judge, processor, {"ckpt": ckpt, "wheels": WHEELS or "ours",
                                               "sentiment": JUDGE or "wheel mapping"})
@@ -736,5 +477,7 @@ if __name__ == "__main__":
             if "delta_fast_minus_slow" in r:
                 deltas = ", ".join(f"{k} {v:+.2f}" for k, v in r["delta_fast_minus_slow"].items())
                 print(f"{name} fast - slow: {deltas}; retained hit-rate {r['retained_hit_rate']:.1f}%")
-        plot(results, OUT_DIR, GRPO_LOG)
+        plots.plot_diagnostics(results, OUT_DIR)
+        if os.path.isfile(GRPO_LOG):
+            plots.plot_training(GRPO_LOG, os.path.join(OUT_DIR, "training.png"))
         print(f"wrote {OUT_DIR}/summary.json and the prediction CSVs ({summary['seconds']} s)")

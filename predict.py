@@ -14,9 +14,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle thread
 
 import torch  # noqa: E402
 
-import evaluate  # noqa: E402
-import mer  # noqa: E402
+import evaluate  # noqa: E402  (Eq. 1's confidences of an answer)
 import wheel  # noqa: E402
+from mer import checkpoints, data, generation, inputs, models, prompts, run  # noqa: E402
 
 CKPT = ""            # a checkpoint folder or model name; empty: out/grpo/last, else out/sft/last, else smollm2
 SAMPLE = ""          # FILE.jsonl:NAME or SPLIT:NAME: one sample of a data file (its labels are shown too)
@@ -25,7 +25,8 @@ VIDEO = ""           # a video file (Qwen2.5-Omni checkpoints)
 AUDIO = ""           # an audio file (Qwen2.5-Omni; default: the video's sound track)
 VIDEO_TEXT = ""      # clues as text, for text-only models
 AUDIO_TEXT = ""
-MAX_NEW_TOKENS = 192
+MAX_NEW_TOKENS = 192      # slow mode
+FAST_MAX_NEW_TOKENS = 48  # fast mode, which ends at its answer
 WHEELS = ""          # folder of wheels (empty: ours)
 PRECISION = "auto"   # auto | bf16 | fp32
 THREADS = 0
@@ -37,7 +38,7 @@ def clip_sample():
         spec, _, name = SAMPLE.rpartition(":")
         if not spec or not name:
             raise SystemExit(f"--sample={SAMPLE!r}: write FILE.jsonl:NAME or SPLIT:NAME")
-        samples = mer.load_samples(spec)
+        samples = data.load_samples(spec)
         found = [s for s in samples if s["name"] == name]
         if not found:
             raise SystemExit(f"{spec}: no sample named {name!r} (the first ones: "
@@ -56,32 +57,32 @@ def clip_sample():
 
 def answer(model, tokenizer, processor, sample, mode, autocast, wheels):
     """(text after the prefix, answer words, {category: Eq.-1 conf} per wheel or None) of one mode:
-    greedy, then a teacher-forced pass over the answer (evaluate.generate with diagnostics)."""
-    limit = MAX_NEW_TOKENS if mode == "slow" else evaluate.FAST_MAX_NEW_TOKENS
-    [(_, completion, teacher)] = evaluate.generate(model, tokenizer, [sample], mode, limit, 1, autocast, processor,
-                                                   diagnostics=True)
-    text = mer.PREFIX[mode] + tokenizer.decode(completion, skip_special_tokens=True)
+    greedy, then a teacher-forced pass over the answer (generation.generate with diagnostics)."""
+    limit = MAX_NEW_TOKENS if mode == "slow" else FAST_MAX_NEW_TOKENS
+    [(_, completion, teacher)] = generation.generate(model, tokenizer, [sample], mode, limit, 1, autocast, processor,
+                                                     diagnostics=True)
+    text = prompts.PREFIX[mode] + tokenizer.decode(completion, skip_special_tokens=True)
     conf = None
     if teacher is not None:
         words, lp = teacher
-        tables = evaluate.category_tables(tokenizer, wheels)
-        conf = [evaluate.answer_category_confidences(lp, [tables[(k, sp)] for _, _, sp in words])
+        tables = prompts.category_tables(tokenizer, wheels)
+        conf = [evaluate.answer_category_confidences(lp, [tables[(k, w.space)] for w in words])
                 for k in range(len(wheels.level1))]
     return text, wheel.parse_answer(text), conf
 
 
 if __name__ == "__main__":
-    mer.configure(globals())
+    run.configure(globals())
     sample = clip_sample()
-    ckpt = evaluate.find_ckpt(CKPT)
+    ckpt = checkpoints.find_model(CKPT)
     if THREADS:
         torch.set_num_threads(THREADS)
-    processor = mer.load_processor(ckpt)
-    if mer.has_media([sample]) and processor is None:
+    processor = models.load_processor(ckpt)
+    if inputs.has_media([sample]) and processor is None:
         raise SystemExit(f"{ckpt} is a text-only model: describe the media with --video_text/--audio_text")
-    model, tokenizer = mer.load_model(ckpt)
+    model, tokenizer = models.load_model(ckpt)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    bf16 = mer.use_bf16(PRECISION)
+    bf16 = run.use_bf16(PRECISION)
     autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     model.to(device).eval()
     wheels = wheel.load_wheels(WHEELS or None)

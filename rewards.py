@@ -111,6 +111,18 @@ def format_reward(text, answer_words, subtitle="", require_think=True, max_words
     return 1.0
 
 
+def completion_rewards(texts, answer_words, pred, gt, subtitles):
+    """Step 2 of the GRPO loop: format, R_R, R_P, R_F (Eq. 4, 13) of each completion, as lists.
+    Completion i is the whole assistant turn texts[i] with its parsed answer words
+    answer_words[i]; pred[i] and gt[i] hold, per reward wheel, the level-1 categories of its
+    answer and of its sample's labels; subtitles[i] is its sample's subtitle (format_reward)."""
+    r = {"format": [], "recall": [], "precision": [], "f1": []}
+    for text, words, p, g, subtitle in zip(texts, answer_words, pred, gt, subtitles):
+        for key, v in zip(r, (format_reward(text, words, subtitle), *wheel_rewards(p, g))):
+            r[key].append(v)
+    return r
+
+
 # ---------------------------------------------------------------------------------------
 # Group normalisation and the advantages (Eq. 5, 12, 14 and the ablations)
 

@@ -17,17 +17,16 @@ One step, in order (each numbered block below is one of these):
 """
 import json
 import os
-import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle threads sleep, a busy CPU costs 1.5x not 2.8x
 
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import evaluate  # noqa: E402
-import mer  # noqa: E402
+import evaluate  # noqa: E402  (its metrics score the held-out samples)
 import rewards  # noqa: E402
 import wheel  # noqa: E402
+from mer import checkpoints, data, engine, inputs, models, prompts, run  # noqa: E402
 
 # I/O
 OUT_DIR = "out/grpo"
@@ -43,6 +42,7 @@ MAX_SAMPLES = 0           # then keep N of them (0: all)
 SKIP_MISSING_MEDIA = False
 VAL_SAMPLES = 0           # > 0: hold out the last N samples; their greedy slow-mode EW-F1 goes to log.jsonl
 VAL_EVERY = 10            # steps between those scores (and one before the first step)
+VAL_MAX_NEW_TOKENS = 192  # greedy slow-mode limit of those scores (evaluate.py's)
 WHEELS = ""               # wheels for the rewards: ours (empty) or a folder of official files
 REWARD_WHEELS = "1,2,3,4,5"  # which wheels the rewards average over
 # model
@@ -79,12 +79,13 @@ GRAD_CHECKPOINTING = False  # recompute each layer in the backward: less activat
 THREADS = 0               # CPU threads (0: torch's default, one per physical core)
 SEED = 0
 
-mer.configure(globals())
-mer.check_settings([
+run.configure(globals())
+run.check_settings([
     (VARIANT in rewards.VARIANTS, f"--variant={VARIANT!r}: choose one of {', '.join(rewards.VARIANTS)}"),
     (G >= 2, f"--g={G}: a group needs at least 2 completions (one alone always has advantage 0)"),
-    (min(PROMPTS, GRAD_ACCUM, UPDATES_PER_BATCH, MAX_NEW_TOKENS, LOGPROB_CHUNK) >= 1,
-     "--prompts, --grad_accum, --updates_per_batch, --max_new_tokens and --logprob_chunk must be >= 1"),
+    (min(PROMPTS, GRAD_ACCUM, UPDATES_PER_BATCH, MAX_NEW_TOKENS, LOGPROB_CHUNK, VAL_MAX_NEW_TOKENS) >= 1,
+     "--prompts, --grad_accum, --updates_per_batch, --max_new_tokens, --logprob_chunk and --val_max_new_tokens "
+     "must be >= 1"),
     (TEMPERATURE > 0, f"--temperature={TEMPERATURE}: GRPO needs sampled completions (greedy groups are identical)"),
     (min(LR, GRAD_CLIP, BETA, LORA_R) >= 0, "--lr, --grad_clip, --beta, --lora_r must be >= 0 (0: no clipping, no LoRA)"),
     (min(MAX_SAMPLES, SKIP_SAMPLES, MAX_STEPS, VAL_SAMPLES) >= 0 and VAL_EVERY >= 1,
@@ -96,8 +97,8 @@ mer.check_settings([
     (not (UPDATES_PER_BATCH > 1 and GRAD_ACCUM > 1),
      "UPDATES_PER_BATCH > 1 needs GRAD_ACCUM = 1 (each micro-batch is then its own batch)"),
 ])
-mer.check_writable(OUT_DIR)
-log_with = mer.trackers(LOG_WITH)
+run.check_writable(OUT_DIR)
+log_with = run.trackers(LOG_WITH)
 settings = {k: v for k, v in globals().items() if k.isupper()}  # saved with each checkpoint, compared on resume
 
 # ---------------------------------------------------------------------------------------
@@ -112,81 +113,79 @@ if accelerator.state.deepspeed_plugin is not None and accelerator.state.deepspee
     raise SystemExit("ZeRO-3 shards the policy, and this loop calls generate on the full model: use ZeRO-2 "
                      "(configs/zero2.yaml) or DDP")
 device, master, rank = accelerator.device, accelerator.is_main_process, accelerator.process_index
-bf16 = mer.use_bf16(PRECISION)
+bf16 = run.use_bf16(PRECISION)
 autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
 torch.manual_seed(SEED + rank)  # ranks sample different completions
 
-samples = mer.load_samples(TRAIN, SKIP_MISSING_MEDIA, need=("openset",))
-samples = mer.select(samples, SKIP_SAMPLES, MAX_SAMPLES)
+samples = data.load_samples(TRAIN, SKIP_MISSING_MEDIA, need=("openset",))
+samples = data.select(samples, SKIP_SAMPLES, MAX_SAMPLES)
 val, samples = samples[len(samples) - VAL_SAMPLES:] if VAL_SAMPLES else [], samples[:len(samples) - VAL_SAMPLES]
 if not samples:
     raise SystemExit(f"{TRAIN}: no samples left after skip_samples={SKIP_SAMPLES} and val_samples={VAL_SAMPLES}")
 wheels = wheel.load_wheels(WHEELS or None)
-unmapped = mer.report_unmapped(TRAIN, samples, wheels) if master else None
+unmapped = data.report_unmapped(TRAIN, samples, wheels) if master else None
 reward_wheels = [int(k) - 1 for k in str(REWARD_WHEELS).split(",")]
 calibrate = VARIANT in rewards.CALIBRATED
 per_step = PROMPTS * GRAD_ACCUM * accelerator.num_processes
 
-ckpt = mer.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME else None
+ckpt = checkpoints.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME else None
 state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False) if ckpt else None
 if ckpt:
-    mer.check_resume(ckpt, state.get("config", {}), settings)
+    checkpoints.check_resume(ckpt, state.get("config", {}), settings)
 if INIT == "out/sft/last" and not os.path.isdir(INIT) and not ckpt:
     raise SystemExit(f"--init={INIT}: no such checkpoint; run `python train_sft.py` first, or pass --init=smollm2")
-policy, tokenizer = mer.load_model(INIT if LORA_R else ckpt or INIT)  # LoRA resumes INIT + its saved adapters
-policy = mer.add_lora(policy, LORA_R, ckpt) if LORA_R else policy
-samples = mer.fit_prompts(samples, tokenizer, MAX_PROMPT_TOKENS)
-processor = mer.load_processor(ckpt or INIT)  # None for text-only models
-ref = mer.load_model(INIT)[0].to(device).eval().requires_grad_(False) if BETA and not LORA_R else None
+policy, tokenizer = models.load_model(INIT if LORA_R else ckpt or INIT)  # LoRA resumes INIT + its saved adapters
+policy = models.add_lora(policy, LORA_R, ckpt) if LORA_R else policy
+samples = prompts.fit_prompts(samples, tokenizer, MAX_PROMPT_TOKENS)
+processor = models.load_processor(ckpt or INIT)  # None for text-only models
+ref = models.load_model(INIT)[0].to(device).eval().requires_grad_(False) if BETA and not LORA_R else None
 optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=LR, weight_decay=WEIGHT_DECAY)
 step = 0
 if ckpt:
     optimizer.load_state_dict(state["optimizer"])
-    mer.set_rng_state(state["rng"][rank])
+    checkpoints.set_rng_state(state["rng"][rank])
     step = state["step"]
     if master:
         print(f"resuming from {ckpt} at step {step}")
 if accelerator.state.deepspeed_plugin is not None:  # no DataLoader to infer it from
     accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = PROMPTS * G
 if GRAD_CHECKPOINTING:
-    mer.enable_grad_checkpointing(policy)
+    models.enable_grad_checkpointing(policy)
 policy, optimizer = accelerator.prepare(policy, optimizer)
 eos = tokenizer.eos_token_id
 tokenizer.padding_side = "left"
-# V(c) of Eq. (1) per reward wheel, for words with and without a leading space
-first_tokens = {(k, sp): mer.category_first_tokens(wheels, k, tokenizer, sp) for k in reward_wheels for sp in (0, 1)}
-
-
-def completion_hidden(model, ids, mask, media, completion, c_mask):
-    """Last hidden states at the positions predicting each completion token (G rows per prompt; ids,
-    mask and media hold one row per prompt), and the LM head to apply to them in chunks (no
-    full-vocabulary logits). The prompt runs once per group; with gradients on, its KV cache keeps
-    its graph, so the gradient through the prompt is that of the full sequences."""
-    with autocast(), mer.lm_head_off(model) as head:
-        return mer.continuation_logits(model, ids, mask, media, completion, c_mask, G), head
+first_tokens = prompts.category_tables(tokenizer, wheels, reward_wheels)  # V(c) of Eq. (1) per reward wheel
 
 
 def logprobs(model, ids, mask, media, completion, c_mask):
-    """log pi(completion token) under TEMPERATURE (rows x length), and the hidden states behind them."""
-    hidden, head = completion_hidden(model, ids, mask, media, completion, c_mask)
+    """(log pi(completion token) under TEMPERATURE [rows, T], the hidden states behind them, LM head);
+    each prompt runs once for its G rows."""
     with autocast():
-        return rewards.chunked_logprobs(hidden, head, completion, TEMPERATURE, LOGPROB_CHUNK), hidden
+        return engine.completion_logprobs(model, ids, mask, media, completion, c_mask, G, TEMPERATURE, LOGPROB_CHUNK)
 
 
-def calibration(rows, fast_ids, fast_mask, media, completions, slow_hidden):
+def reference_logprobs(ids, mask, media, completion, c_mask):
+    """log pi_ref of the sampled tokens (Eq. 3's KL): the reference model, or with LoRA the policy with
+    its adapters off."""
+    with torch.no_grad(), models.adapters_off(policy):
+        return logprobs(policy if ref is None else ref, ids, mask, media, completion, c_mask)[0]
+
+
+def calibration(gt, fast_ids, fast_mask, media, completions, slow_hidden, head):
     """Step 4 (Eq. 8-11): R+, R- and whether E+ / E- is non-empty, for each completion, from the slow
     sequence (the sample itself, whose hidden states the policy pass already computed) and a teacher-forced
     fast sequence that puts the SAME answer token ids after the fast prompt (`<think></think><answer>`),
     with the same media. No gradient: these are rewards. A completion without a usable answer has
     neither set (R+ = R- = 0, masked out of A+ and A-)."""
-    built = [mer.fast_answer(c, tokenizer) for c in completions]
+    built = [prompts.fast_answer(c, tokenizer) for c in completions]
     out = {k: [0.0] * len(completions) for k in ("cali_pos", "cali_neg", "has_pos", "has_neg")}
     if not any(built):
         return out
     # one row per completion, right-padded (a row without an answer is all padding)
-    a_ids, a_mask = mer.right_pad([b[0] if b else [] for b in built], eos, device)
-    with torch.no_grad():
-        fast_hidden, head = completion_hidden(accelerator.unwrap_model(policy), fast_ids, fast_mask, media, a_ids, a_mask)
+    a_ids, a_mask = inputs.right_pad([b[0] if b else [] for b in built], eos, device)
+    with torch.no_grad(), autocast(), engine.lm_head_off(accelerator.unwrap_model(policy)):
+        fast_hidden = engine.continuation_logits(accelerator.unwrap_model(policy), fast_ids, fast_mask, media, a_ids,
+                                                 a_mask, G)
     for i, b in enumerate(built):
         if not b:
             continue
@@ -194,40 +193,53 @@ def calibration(rows, fast_ids, fast_mask, media, completions, slow_hidden):
         # fast_hidden[i, a] predicts answer token a; slow_hidden[i, j] predicts completion token j:
         # the full-vocabulary distribution is needed at these few positions only
         with torch.no_grad(), autocast():
-            fast_lp = torch.log_softmax(head(fast_hidden[i, [a for _, _, a, _ in words]]).float(), -1)
-            slow_lp = torch.log_softmax(head(slow_hidden[i, [j for _, j, _, _ in words]].detach()).float(), -1)
-        gt = mer.ground_truth(rows[i], wheels, reward_wheels)
-        cats = [[wheel.G_w(w, wheels, k) for w, _, _, _ in words] for k in reward_wheels]
-        tables = [[first_tokens[(k, int(space))] for _, _, _, space in words] for k in reward_wheels]
-        values = rewards.completion_calibration(slow_lp, fast_lp, [completions[i][j] for _, j, _, _ in words],
-                                                cats, tables, gt, word_level=VARIANT == "a1")
+            fast_lp = torch.log_softmax(head(fast_hidden[i, [w.fast_token for w in words]]).float(), -1)
+            slow_lp = torch.log_softmax(head(slow_hidden[i, [w.token for w in words]].detach()).float(), -1)
+        cats = [[wheel.G_w(w.word, wheels, k) for w in words] for k in reward_wheels]
+        tables = [[first_tokens[(k, w.space)] for w in words] for k in reward_wheels]
+        values = rewards.completion_calibration(slow_lp, fast_lp, [completions[i][w.token] for w in words],
+                                                cats, tables, gt[i], word_level=VARIANT == "a1")
         for key, v in zip(out, values):
             out[key][i] = float(v)
     return out
 
 
+def update(logp, old_logp, adv, c_mask, ref_logp):
+    """Eq. (3) on one micro-batch, its backward and (on the last micro-batch) the clipped optimizer step:
+    (loss, its statistics, the gradient norm or None)."""
+    loss, s = rewards.grpo_loss(logp, old_logp, adv, c_mask, ref_logp, ETA, BETA, AGGREGATION, MAX_NEW_TOKENS)
+    accelerator.backward(loss)  # divides by GRAD_ACCUM
+    norm = None
+    if accelerator.sync_gradients:
+        norm = run.clip_and_check(accelerator, policy.parameters(), loss, GRAD_CLIP, step + 1, OUT_DIR)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, s, norm
+
+
 def validate():
     """The held-out curve: unlike a step's rewards, it does not depend on which prompts the step drew."""
-    scores = evaluate.validate(accelerator.unwrap_model(policy), tokenizer, val, wheels, autocast, processor)
+    scores = evaluate.validate(accelerator.unwrap_model(policy), tokenizer, val, wheels, autocast,
+                               VAL_MAX_NEW_TOKENS, 16, processor)
     log.write(json.dumps({"event": "validation", "step": step, **scores}) + "\n")
     accelerator.log(scores, step=step)
 
 
 def save():
-    states = gather_object([mer.rng_state()])
+    states = gather_object([checkpoints.rng_state()])
     if master:
-        mer.save_checkpoint(os.path.join(OUT_DIR, "last"), accelerator.unwrap_model(policy), tokenizer,
-                            {"optimizer": optimizer.state_dict(), "rng": states, "step": step,
-                             "position": step * per_step, "config": settings},
-                            processor, last=globals().get("rec"))
+        checkpoints.save_checkpoint(os.path.join(OUT_DIR, "last"), accelerator.unwrap_model(policy), tokenizer,
+                                    {"optimizer": optimizer.state_dict(), "rng": states, "step": step,
+                                     "position": step * per_step, "config": settings},
+                                    processor, last=globals().get("rec"))
     accelerator.wait_for_everyone()
 
 
 os.makedirs(OUT_DIR, exist_ok=True)
 accelerator.init_trackers("tracker", config={k: str(v) for k, v in settings.items()})
 if master:
-    mer.take_lock(OUT_DIR)
-    mer.truncate_log(OUT_DIR, step)  # a resumed run rewrites what came after its checkpoint
+    run.take_lock(OUT_DIR)
+    run.truncate_log(OUT_DIR, step)  # a resumed run rewrites what came after its checkpoint
 log = open(os.path.join(OUT_DIR, "log.jsonl"), "a") if master else None
 if unmapped is not None:
     log.write(json.dumps({"event": "data", "train": TRAIN, "unmapped_label_words": unmapped}) + "\n")
@@ -237,108 +249,90 @@ if total_steps < 1:
 stop_at = min(total_steps, step + STOP_AFTER) if STOP_AFTER else total_steps
 bar = tqdm(total=total_steps, initial=step, desc=f"grpo {VARIANT}", disable=not master)
 warned_coverage = False
-interrupted = mer.interrupt_flag(f"\ninterrupt: the current step finishes, then {OUT_DIR}/last is saved "
-                                 "(Ctrl-C again: leave at once without saving)")
-try:
-    if val and master and step == 0:
-        validate()
-    while step < stop_at:
-        t_step, cpu_step = time.time(), time.process_time()
-        timing = {"generate_s": 0.0, "fwd_bwd_s": 0.0, "fast_s": 0.0}
-        stats = []
-        lr = mer.lr_at(step, LR, WARMUP_STEPS, total_steps, MIN_LR_RATIO) if WARMUP_STEPS else LR
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch_all = [s for _, s in mer.batch_at(samples, step * per_step, per_step, SEED, rank, accelerator.num_processes)]
-        for micro in range(GRAD_ACCUM):
-            batch = batch_all[micro * PROMPTS:(micro + 1) * PROMPTS]
-            # 1. sample G completions per prompt, slow mode
-            t0 = time.time()
-            rows = [s for s in batch for _ in range(G)]  # row i is completion i % G of prompt i // G
-            slow_ids, media = mer.encode_prompts(batch, tokenizer, "slow", processor)  # one row per prompt
-            fast_ids, _ = mer.encode_prompts(batch, tokenizer, "fast", processor)  # same media, other prefix
-            media = {k: v.to(device) for k, v in media.items()}
-            ids, mask = mer.left_pad(slow_ids, eos, device)
-            fast, fast_mask = mer.left_pad(fast_ids, eos, device)
-            with torch.no_grad(), autocast():
-                completion = mer.sample(accelerator.unwrap_model(policy), ids, mask, media, G, MAX_NEW_TOKENS,
-                                        MIN_NEW_TOKENS, TEMPERATURE, TOP_P, eos)
-            c_mask = rewards.completion_mask(completion, eos)
-            completions = [row[:int(n)].tolist() for row, n in zip(completion, c_mask.sum(1))]
-            texts = [mer.PREFIX["slow"] + tokenizer.decode(c, skip_special_tokens=True) for c in completions]
-            timing["generate_s"] += time.time() - t0
+interrupted = run.interrupt_flag(OUT_DIR)
+if val and master and step == 0:
+    validate()
+while step < stop_at:
+    laps = run.Laps("generate_s", "fwd_bwd_s", "fast_s")
+    lr = run.lr_at(step, LR, WARMUP_STEPS, total_steps, MIN_LR_RATIO) if WARMUP_STEPS else LR
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    batch_all = [s for _, s in data.batch_at(samples, step * per_step, per_step, SEED, rank, accelerator.num_processes)]
+    stats = []
+    for micro in range(GRAD_ACCUM):
+        batch = batch_all[micro * PROMPTS:(micro + 1) * PROMPTS]
+        # 1. sample G completions per prompt, slow mode
+        rows = [s for s in batch for _ in range(G)]  # row i is completion i % G of prompt i // G
+        slow_ids, media = inputs.encode_prompts(batch, tokenizer, "slow", processor)  # one row per prompt
+        fast_ids, _ = inputs.encode_prompts(batch, tokenizer, "fast", processor)  # same media, other prefix
+        media = {k: v.to(device) for k, v in media.items()}
+        ids, mask = inputs.left_pad(slow_ids, eos, device)
+        fast, fast_mask = inputs.left_pad(fast_ids, eos, device)
+        with torch.no_grad(), autocast():
+            completion = engine.sample(accelerator.unwrap_model(policy), ids, mask, media, G, MAX_NEW_TOKENS,
+                                       MIN_NEW_TOKENS, TEMPERATURE, TOP_P, eos)
+        c_mask = rewards.completion_mask(completion, eos)
+        completions = [row[:int(n)].tolist() for row, n in zip(completion, c_mask.sum(1))]
+        texts = [prompts.PREFIX["slow"] + tokenizer.decode(c, skip_special_tokens=True) for c in completions]
+        laps.lap("generate_s")
 
-            # 2. rewards
-            r = mer.completion_rewards(rows, texts, wheels, reward_wheels)
+        # 2. rewards: format, R_R, R_P, R_F per completion, on the level-1 categories of each reward wheel
+        words = [wheel.parse_answer(t) for t in texts]
+        pred = [[wheel.map_words(w, wheels, k) for k in reward_wheels] for w in words]
+        gt = [data.label_categories(s, wheels, reward_wheels) for s in rows]
+        r = rewards.completion_rewards(texts, words, pred, gt, [s.get("subtitle", "") for s in rows])
 
-            # accumulate(): no gradient sync and no optimizer step until the last micro-batch; the
-            # policy forward must sit inside it too. Updates after the first (UPDATES_PER_BATCH > 1)
-            # reuse the batch's rewards, advantages, reference and old log-probs.
-            for update in range(UPDATES_PER_BATCH):
-                with accelerator.accumulate(policy):
-                    # 3. log-probs: policy (with grad), old (ratio 1 when each batch is used once), reference
-                    t0 = time.time()
-                    logp, hidden = logprobs(policy, ids, mask, media, completion, c_mask)
-                    if update == 0:
-                        old_logp = logp.detach()
-                        ref_logp = None
-                        if BETA:  # with LoRA, the policy with its adapters off
-                            with torch.no_grad(), mer.adapters_off(policy):
-                                ref_logp = logprobs(policy if ref is None else ref, ids, mask, media, completion, c_mask)[0]
-                        timing["fwd_bwd_s"] += time.time() - t0
+        # accumulate(): no gradient sync and no optimizer step until the last micro-batch; the policy
+        # forward must sit inside it too. Its one pass gives the old log-probs and the slow hidden states.
+        with accelerator.accumulate(policy):
+            # 3. log-probs: policy (with grad), old (the same, detached: ratio 1 on a batch's first update), reference
+            logp, hidden, head = logprobs(policy, ids, mask, media, completion, c_mask)
+            old_logp = logp.detach()
+            ref_logp = reference_logprobs(ids, mask, media, completion, c_mask) if BETA else None
+            laps.lap("fwd_bwd_s")
 
-                        # 4. teacher-forced fast pass -> R+ and R- (Eq. 8-11)
-                        t0 = time.time()
-                        if calibrate:
-                            r.update(calibration(rows, fast, fast_mask, media, completions, hidden))
-                        timing["fast_s"] += time.time() - t0
-                        t0 = time.time()
+            # 4. teacher-forced fast pass -> R+ and R- (Eq. 8-11)
+            if calibrate:
+                r.update(calibration(gt, fast, fast_mask, media, completions, hidden, head))
+            laps.lap("fast_s")
 
-                        # 5. advantages within each prompt's group (rows of G), then Eq. (3)
-                        grouped = {k: torch.tensor(v, device=device).view(-1, G) for k, v in r.items()}
-                        adv = rewards.advantages(VARIANT, grouped, LAMBDA_CALI, LAMBDA_FMT).flatten()
-                        if master and LOG_COMPLETIONS_EVERY and (step + 1) % LOG_COMPLETIONS_EVERY == 0:
-                            mer.log_completions(OUT_DIR, accelerator.trackers, step + 1, rows, texts, c_mask, r, adv,
-                                                micro * PROMPTS, G)
-                    loss, s = rewards.grpo_loss(logp, old_logp, adv, c_mask, ref_logp, ETA, BETA, AGGREGATION,
-                                                MAX_NEW_TOKENS)
-                    accelerator.backward(loss)  # divides by GRAD_ACCUM
-                    if accelerator.sync_gradients:
-                        grad_norm = mer.clip_and_check(accelerator, policy.parameters(), loss, GRAD_CLIP, step + 1, OUT_DIR)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    timing["fwd_bwd_s"] += time.time() - t0
-            means = rewards.group_stats(grouped, adv.view(-1, G))
-            if master and calibrate and not (means["cali_coverage"] or warned_coverage):
-                warned_coverage = mer.warn_no_calibration(texts, step + 1)
-            stats.append({"loss": loss.item(), **s, **means, "completion_len": c_mask.sum(1).float().mean().item()})
-        step += 1
-        # 6. log (averaged over micro-batches and processes)
-        rec = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
-        rec = {k: accelerator.reduce(torch.tensor(v, device=device), "mean").item() for k, v in rec.items()}
-        if master:
-            rec = {"step": step, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm), **rec,
-                   **{k: round(v, 3) for k, v in timing.items()}, "step_s": round(time.time() - t_step, 3),
-                   "cpu_s": round(time.process_time() - cpu_step, 3)}
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            accelerator.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=step)
-            bar.set_postfix(R=f"{rec['recall']:.2f}", P=f"{rec['precision']:.2f}", fmt=f"{rec['format']:.2f}",
-                            kl=f"{rec['kl']:.1e}")
-            bar.update(1)
-            if val and (step % VAL_EVERY == 0 or step == stop_at):
-                validate()
-        stop_now = accelerator.reduce(torch.tensor(float(bool(interrupted)), device=device), "sum").item() > 0
-        if step % SAVE_EVERY == 0 or step == stop_at or stop_now:
-            save()
-        if stop_now:  # every rank saw the request at the same step boundary
-            if master:
-                print(f"interrupted: saved step {step} in {OUT_DIR}/last; run again to resume")
-            raise SystemExit(130)
-except KeyboardInterrupt:
+            # 5. advantages within each prompt's group (rows of G), then Eq. (3) and the optimizer step
+            grouped = {k: torch.tensor(v, device=device).view(-1, G) for k, v in r.items()}
+            adv = rewards.advantages(VARIANT, grouped, LAMBDA_CALI, LAMBDA_FMT).flatten()
+            loss, s, grad_norm = update(logp, old_logp, adv, c_mask, ref_logp)
+        for _ in range(UPDATES_PER_BATCH - 1):  # the batch again: its rewards, advantages, old and reference log-probs
+            with accelerator.accumulate(policy):
+                loss, s, grad_norm = update(logprobs(policy, ids, mask, media, completion, c_mask)[0], old_logp, adv,
+                                            c_mask, ref_logp)
+        laps.lap("fwd_bwd_s")
+        if master and LOG_COMPLETIONS_EVERY and (step + 1) % LOG_COMPLETIONS_EVERY == 0:
+            run.log_completions(OUT_DIR, accelerator.trackers, step + 1, rows, texts, c_mask, r, adv, micro * PROMPTS, G)
+        means = rewards.group_stats(grouped, adv.view(-1, G))
+        if master and calibrate and not (means["cali_coverage"] or warned_coverage):
+            warned_coverage = run.warn_no_calibration(texts, step + 1)
+        stats.append({"loss": loss.item(), **s, **means, "completion_len": c_mask.sum(1).float().mean().item()})
+    step += 1
+    # 6. log (averaged over micro-batches and processes)
+    rec = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+    rec = {k: accelerator.reduce(torch.tensor(v, device=device), "mean").item() for k, v in rec.items()}
     if master:
-        print(f"\nleft without saving: {OUT_DIR}/last keeps the last checkpoint")
-    raise SystemExit(130)
+        rec = {"step": step, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm), **rec,
+               **laps.total()}
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        accelerator.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=step)
+        bar.set_postfix(R=f"{rec['recall']:.2f}", P=f"{rec['precision']:.2f}", fmt=f"{rec['format']:.2f}",
+                        kl=f"{rec['kl']:.1e}")
+        bar.update(1)
+        if val and (step % VAL_EVERY == 0 or step == stop_at):
+            validate()
+    stop_now = accelerator.reduce(torch.tensor(float(bool(interrupted)), device=device), "sum").item() > 0
+    if step % SAVE_EVERY == 0 or step == stop_at or stop_now:
+        save()
+    if stop_now:  # every rank saw the request at the same step boundary
+        if master:
+            print(f"interrupted: saved step {step} in {OUT_DIR}/last; run again to resume")
+        raise SystemExit(130)
 bar.close()
 # replicas must agree: every rank reports a checksum of its weights
 checksums = gather_object([sum(p.double().sum().item() for p in accelerator.unwrap_model(policy).parameters())])

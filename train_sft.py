@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle thread
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import mer  # noqa: E402
+from mer import checkpoints, data, inputs, models, prompts, run  # noqa: E402
 import wheel  # noqa: E402
 
 # I/O
@@ -55,16 +55,16 @@ GRAD_CHECKPOINTING = False  # recompute each layer in the backward: less activat
 THREADS = 0               # CPU threads (0: torch's default, one per physical core)
 SEED = 0
 
-mer.configure(globals())
-mer.check_settings([
+run.configure(globals())
+run.check_settings([
     (min(BATCH_SIZE, GRAD_ACCUM, MAX_LEN) >= 1, "--batch_size, --grad_accum and --max_len must be >= 1"),
     (LR >= 0 and GRAD_CLIP >= 0, "--lr and --grad_clip must be >= 0 (grad_clip 0: no clipping)"),
     (MAX_SAMPLES >= 0 and SKIP_SAMPLES >= 0 and MAX_STEPS >= 0, "--max_samples, --skip_samples, --max_steps must be >= 0"),
     (0 <= FAST_FRACTION <= 1, f"--fast_fraction={FAST_FRACTION}: a share between 0 and 1"),
     (PRECISION in ("auto", "bf16", "fp32"), f"--precision={PRECISION!r}: choose auto, bf16 or fp32"),
 ])
-mer.check_writable(OUT_DIR)
-log_with = mer.trackers(LOG_WITH)
+run.check_writable(OUT_DIR)
+log_with = run.trackers(LOG_WITH)
 settings = {k: v for k, v in globals().items() if k.isupper()}  # saved with each checkpoint, compared on resume
 
 # ---------------------------------------------------------------------------------------
@@ -75,13 +75,13 @@ if THREADS:
 accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=GRAD_ACCUM,
                           log_with=log_with, project_dir=OUT_DIR)
 device, master = accelerator.device, accelerator.is_main_process
-bf16 = mer.use_bf16(PRECISION)
+bf16 = run.use_bf16(PRECISION)
 torch.manual_seed(SEED)
 
-samples = mer.load_samples(TRAIN, SKIP_MISSING_MEDIA, need=("openset",))
-samples = mer.select(samples, SKIP_SAMPLES, MAX_SAMPLES)
+samples = data.load_samples(TRAIN, SKIP_MISSING_MEDIA, need=("openset",))
+samples = data.select(samples, SKIP_SAMPLES, MAX_SAMPLES)
 wheels = wheel.load_wheels(WHEELS or None)
-unmapped = mer.report_unmapped(TRAIN, samples, wheels) if master else None
+unmapped = data.report_unmapped(TRAIN, samples, wheels) if master else None
 if not samples:
     raise SystemExit(f"{TRAIN}: no samples left after skip_samples={SKIP_SAMPLES}")
 missing = [s["name"] for s in samples if not s.get("reason") and FAST_FRACTION < 1]
@@ -90,30 +90,30 @@ if missing:
 per_step = BATCH_SIZE * GRAD_ACCUM * accelerator.num_processes
 total_steps = MAX_STEPS or EPOCHS * len(samples) // per_step
 
-ckpt = mer.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME else None
+ckpt = checkpoints.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME else None
 state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False) if ckpt else None
 if ckpt:
-    mer.check_resume(ckpt, state.get("config", {}), settings)
-model, tokenizer = mer.load_model(ckpt or MODEL)
-samples = mer.fit_prompts(samples, tokenizer, MAX_PROMPT_TOKENS)
-processor = mer.load_processor(ckpt or MODEL)  # None for text-only models
+    checkpoints.check_resume(ckpt, state.get("config", {}), settings)
+model, tokenizer = models.load_model(ckpt or MODEL)
+samples = prompts.fit_prompts(samples, tokenizer, MAX_PROMPT_TOKENS)
+processor = models.load_processor(ckpt or MODEL)  # None for text-only models
 if TAG_TOKENS not in ("auto", "always", "never"):
     raise SystemExit(f"--tag_tokens={TAG_TOKENS!r}: choose auto, always or never")
-tags = TAG_TOKENS == "always" or (TAG_TOKENS == "auto" and mer.answer_needs_tag_tokens(tokenizer, wheels.vocab))
-if tags and mer.add_tag_tokens(model, tokenizer) and processor is not None:
+tags = TAG_TOKENS == "always" or (TAG_TOKENS == "auto" and prompts.answer_needs_tag_tokens(tokenizer, wheels.vocab))
+if tags and prompts.add_tag_tokens(model, tokenizer) and processor is not None:
     processor.tokenizer = tokenizer  # prompts go through the processor's tokenizer, saved with it
 optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
 step = 0
 if ckpt:
     optimizer.load_state_dict(state["optimizer"])
-    mer.set_rng_state(state["rng"])
+    checkpoints.set_rng_state(state["rng"])
     step = state["step"]
     if master:
         print(f"resuming from {ckpt} at step {step}")
 if accelerator.state.deepspeed_plugin is not None:  # no DataLoader to infer it from
     accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = BATCH_SIZE
 if GRAD_CHECKPOINTING:
-    mer.enable_grad_checkpointing(model)
+    models.enable_grad_checkpointing(model)
 model, optimizer = accelerator.prepare(model, optimizer)
 
 
@@ -121,15 +121,15 @@ def batch_at(position):
     """This process's (sample, mode) pairs of the global batch at data position `position`; the
     mode is a fixed draw per position, so a resumed run sees the same batches."""
     return [(s, "fast" if random.Random(p).random() < FAST_FRACTION else "slow")
-            for p, s in mer.batch_at(samples, position, per_step, SEED, accelerator.process_index,
+            for p, s in data.batch_at(samples, position, per_step, SEED, accelerator.process_index,
                                      accelerator.num_processes)]
 
 
 def collate(batch):
     """Right-padded input_ids / attention_mask / labels (-100 on the prompt and on padding), and
     the media tensors of a multimodal model ({} for text)."""
-    prompts, media = mer.encode_prompts([s for s, _ in batch], tokenizer, [m for _, m in batch], processor)
-    encoded = [mer.encode_sft(p, s, tokenizer, mode, MAX_LEN) for p, (s, mode) in zip(prompts, batch)]
+    prompt_ids, media = inputs.encode_prompts([s for s, _ in batch], tokenizer, [m for _, m in batch], processor)
+    encoded = [prompts.encode_sft(p, s, tokenizer, mode, MAX_LEN) for p, (s, mode) in zip(prompt_ids, batch)]
     width = max(len(ids) for ids, _ in encoded)
     pad = tokenizer.pad_token_id
     ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in encoded])
@@ -140,8 +140,8 @@ def collate(batch):
 
 def save():
     if master:
-        mer.save_checkpoint(os.path.join(OUT_DIR, "last"), accelerator.unwrap_model(model), tokenizer,
-                            {"optimizer": optimizer.state_dict(), "rng": mer.rng_state(), "step": step,
+        checkpoints.save_checkpoint(os.path.join(OUT_DIR, "last"), accelerator.unwrap_model(model), tokenizer,
+                            {"optimizer": optimizer.state_dict(), "rng": checkpoints.rng_state(), "step": step,
                              "position": step * per_step, "config": settings},
                             processor, last=globals().get("rec"))
     accelerator.wait_for_everyone()
@@ -150,8 +150,8 @@ def save():
 os.makedirs(OUT_DIR, exist_ok=True)
 accelerator.init_trackers("tracker", config={k: str(v) for k, v in settings.items()})
 if master:
-    mer.take_lock(OUT_DIR)
-    mer.truncate_log(OUT_DIR, step)  # a resumed run rewrites what came after its checkpoint
+    run.take_lock(OUT_DIR)
+    run.truncate_log(OUT_DIR, step)  # a resumed run rewrites what came after its checkpoint
 log = open(os.path.join(OUT_DIR, "log.jsonl"), "a") if master else None
 if unmapped is not None:
     log.write(json.dumps({"event": "data", "train": TRAIN, "unmapped_label_words": unmapped}) + "\n")
@@ -160,50 +160,44 @@ if total_steps < 1:
     raise SystemExit(f"{TRAIN}: {len(samples)} samples make no full step of {per_step}; set --max_steps or use more data")
 stop_at = min(total_steps, step + STOP_AFTER) if STOP_AFTER else total_steps
 model.train()
-interrupted = mer.interrupt_flag(f"\ninterrupt: the current step finishes, then {OUT_DIR}/last is saved "
-                                 "(Ctrl-C again: leave at once without saving)")
-try:
-    while step < stop_at:
-        t0 = time.time()
-        lr = mer.lr_at(step, LR, WARMUP_STEPS, total_steps, MIN_LR_RATIO)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = batch_at(step * per_step)
-        loss_sum, n_tokens = 0.0, 0
-        for micro in range(GRAD_ACCUM):
-            ids, mask, labels, media = collate(batch[micro * BATCH_SIZE:(micro + 1) * BATCH_SIZE])
-            # accumulate(): no gradient sync and no optimizer step until the last micro-batch
-            with accelerator.accumulate(model):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss = model(input_ids=ids, attention_mask=mask, labels=labels, **media).loss
-                accelerator.backward(loss)  # divides by GRAD_ACCUM
-                if accelerator.sync_gradients:
-                    grad_norm = mer.clip_and_check(accelerator, model.parameters(), loss, GRAD_CLIP, step + 1, OUT_DIR)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.item() / GRAD_ACCUM
-            n_tokens += int(mask.sum())
-        step += 1
-        loss_avg = accelerator.reduce(torch.tensor(loss_sum, device=device), "mean").item()
-        if master:
-            rec = {"step": step, "loss": loss_avg, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
-                   "tokens": n_tokens, "step_s": round(time.time() - t0, 3)}
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            accelerator.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=step)
-            bar.set_postfix(loss=f"{loss_avg:.3f}", lr=f"{lr:.1e}")
-            bar.update(1)
-        stop_now = accelerator.reduce(torch.tensor(float(bool(interrupted)), device=device), "sum").item() > 0
-        if step % SAVE_EVERY == 0 or step == stop_at or stop_now:
-            save()
-        if stop_now:  # every rank saw the request at the same step boundary
-            if master:
-                print(f"interrupted: saved step {step} in {OUT_DIR}/last; run again to resume")
-            raise SystemExit(130)
-except KeyboardInterrupt:
+interrupted = run.interrupt_flag(OUT_DIR)
+while step < stop_at:
+    t0 = time.time()
+    lr = run.lr_at(step, LR, WARMUP_STEPS, total_steps, MIN_LR_RATIO)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    batch = batch_at(step * per_step)
+    loss_sum, n_tokens = 0.0, 0
+    for micro in range(GRAD_ACCUM):
+        ids, mask, labels, media = collate(batch[micro * BATCH_SIZE:(micro + 1) * BATCH_SIZE])
+        # accumulate(): no gradient sync and no optimizer step until the last micro-batch
+        with accelerator.accumulate(model):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels, **media).loss
+            accelerator.backward(loss)  # divides by GRAD_ACCUM
+            if accelerator.sync_gradients:
+                grad_norm = run.clip_and_check(accelerator, model.parameters(), loss, GRAD_CLIP, step + 1, OUT_DIR)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.item() / GRAD_ACCUM
+        n_tokens += int(mask.sum())
+    step += 1
+    loss_avg = accelerator.reduce(torch.tensor(loss_sum, device=device), "mean").item()
     if master:
-        print(f"\nleft without saving: {OUT_DIR}/last keeps the last checkpoint")
-    raise SystemExit(130)
+        rec = {"step": step, "loss": loss_avg, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
+               "tokens": n_tokens, "step_s": round(time.time() - t0, 3)}
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        accelerator.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=step)
+        bar.set_postfix(loss=f"{loss_avg:.3f}", lr=f"{lr:.1e}")
+        bar.update(1)
+    stop_now = accelerator.reduce(torch.tensor(float(bool(interrupted)), device=device), "sum").item() > 0
+    if step % SAVE_EVERY == 0 or step == stop_at or stop_now:
+        save()
+    if stop_now:  # every rank saw the request at the same step boundary
+        if master:
+            print(f"interrupted: saved step {step} in {OUT_DIR}/last; run again to resume")
+        raise SystemExit(130)
 bar.close()
 if master:
     print(f"done: {step} steps, checkpoint in {OUT_DIR}/last")

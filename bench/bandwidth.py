@@ -6,7 +6,7 @@ A decoding step reads every weight once, so its bound is weight bytes / read ban
 bandwidths are measured over a buffer as large as the weights: a plain sum (the fastest read
 torch does here) and a matrix-vector product (the read pattern of decoding one row). Decoding is
 timed at the benchmark's shape (2 prompts x G = 4 rows, EOS suppressed) for our sampler
-(`mer.sample`) and HF `generate`, alternating; a step's time is (time for 40 tokens - time for
+(`mer.engine.sample`) and HF `generate`, alternating; a step's time is (time for 40 tokens - time for
 8 tokens) / 32, which leaves the prompt's forward out. --bf16 decodes under bf16 autocast (as
 training does with --precision=bf16) and also reports the bound of bf16 weights.
 """
@@ -19,11 +19,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the training scripts, 
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import mer  # noqa: E402
+import mer.data, mer.engine, mer.inputs, mer.models  # noqa: E402
 
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if "=" in a)
 BF16, ROUNDS = "--bf16" in sys.argv, int(args.get("rounds", 3))
-model, tok = mer.load_model(args.get("model", "smollm2"))
+model, tok = mer.models.load_model(args.get("model", "smollm2"))
 model.eval()
 n_params = sum(p.numel() for p in model.parameters())
 
@@ -48,13 +48,13 @@ for dtype in (torch.float32, torch.bfloat16) if BF16 else (torch.float32,):
         print(f"{str(dtype)[6:]} weights {n_bytes / 1e6:.0f} MB, {name} read {n_bytes / t / 1e9:.1f} GB/s: "
               f"bound {1000 * t:.1f} ms per token step")
 
-samples = mer.load_split("train")[:2]
-ids, mask = mer.left_pad(mer.encode_prompts(samples, tok, "slow")[0], tok.eos_token_id)
+samples = mer.data.load_split("train")[:2]
+ids, mask = mer.inputs.left_pad(mer.inputs.encode_prompts(samples, tok, "slow")[0], tok.eos_token_id)
 eos = tok.eos_token_id
 
 
 def ours(tokens):
-    mer.sample(model, ids, mask, {}, 4, tokens, tokens, 1.0, 1.0, eos)
+    mer.engine.sample(model, ids, mask, {}, 4, tokens, tokens, 1.0, 1.0, eos)
 
 
 def hf(tokens):
@@ -63,11 +63,11 @@ def hf(tokens):
                    pad_token_id=eos, eos_token_id=eos)
 
 
-steps = {"mer.sample": [], "HF generate": []}
+steps = {"mer.engine.sample": [], "HF generate": []}
 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
     ours(4), hf(4)  # warm-up
     for _ in range(ROUNDS):
-        for name, f in (("mer.sample", ours), ("HF generate", hf)):
+        for name, f in (("mer.engine.sample", ours), ("HF generate", hf)):
             t0 = time.perf_counter()
             f(8)
             t1 = time.perf_counter()

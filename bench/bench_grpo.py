@@ -37,12 +37,12 @@ PYTHON = args.get("python", sys.executable)
 
 def model_dir(tmp):
     """A folder both implementations load: a checkpoint as is, or smollm2 / tiny saved once."""
-    import mer
+    import mer.models
     if MODEL == "smollm2":
-        return mer.smollm2_dir()
+        return mer.models.smollm2_dir()
     if MODEL == "tiny":
         path = os.path.join(tmp, "tiny")
-        model, tok = mer.load_model("tiny")
+        model, tok = mer.models.load_model("tiny")
         model.save_pretrained(path)
         tok.save_pretrained(path)
         return path

@@ -51,7 +51,7 @@ def one(path, length):
     """Measure one (path, T) in this process; print one JSON line."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
-    import mer
+    import mer.engine, mer.models
     import rewards
     if THREADS:
         torch.set_num_threads(THREADS)
@@ -60,9 +60,9 @@ def one(path, length):
         policy = Qwen2ForCausalLM(Qwen2Config(**SHAPE))
         ref = None if path == "lora" else Qwen2ForCausalLM(Qwen2Config(**SHAPE)).eval().requires_grad_(False)
     if path == "checkpointed":
-        mer.enable_grad_checkpointing(policy)
+        mer.models.enable_grad_checkpointing(policy)
     if path == "lora":
-        mer.add_lora(policy, 8)
+        mer.models.add_lora(policy, 8)
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-6)
     ids = torch.randint(100, 150000, (PROMPTS, PROMPT_LEN), device=DEVICE)
     mask = torch.ones_like(ids)
@@ -71,17 +71,17 @@ def one(path, length):
     def logprobs(model, completion, c_mask):
         with torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16, enabled=BF16):
             if path == "full":
-                logits = mer.continuation_logits(model, ids, mask, {}, completion, c_mask, G).float()
+                logits = mer.engine.continuation_logits(model, ids, mask, {}, completion, c_mask, G).float()
                 return rewards.token_logprobs(logits, completion)
-            with mer.lm_head_off(model) as head:
-                hidden = mer.continuation_logits(model, ids, mask, {}, completion, c_mask, G)
+            with mer.engine.lm_head_off(model) as head:
+                hidden = mer.engine.continuation_logits(model, ids, mask, {}, completion, c_mask, G)
             return rewards.chunked_logprobs(hidden, head, completion, 1.0, CHUNK)
 
     def update(t):
         completion = torch.randint(100, 150000, (PROMPTS * G, t), device=DEVICE)
         c_mask = torch.ones_like(completion)
         logp = logprobs(policy, completion, c_mask)
-        with torch.no_grad(), mer.adapters_off(policy):
+        with torch.no_grad(), mer.models.adapters_off(policy):
             ref_logp = logprobs(policy if ref is None else ref, completion, c_mask)
         loss, _ = rewards.grpo_loss(logp, logp.detach(), torch.randn(PROMPTS * G, device=DEVICE), c_mask, ref_logp,
                                     beta=0.04)

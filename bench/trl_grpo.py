@@ -19,7 +19,7 @@ from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-import mer  # noqa: E402
+import mer.data, mer.prompts  # noqa: E402
 import rewards  # noqa: E402
 import wheel  # noqa: E402
 
@@ -31,8 +31,8 @@ if int(args.get("threads", 0)):
     torch.set_num_threads(int(args["threads"]))
 
 tokenizer = AutoTokenizer.from_pretrained(MODEL)
-samples = mer.load_split("train")[:PROMPTS]
-dataset = Dataset.from_list([{"prompt": mer.prompt_text(s, tokenizer, "slow"), "openset": s["openset"],
+samples = mer.data.load_split("train")[:PROMPTS]
+dataset = Dataset.from_list([{"prompt": mer.prompts.prompt_text(s, tokenizer, "slow"), "openset": s["openset"],
                               "subtitle": s["subtitle"]} for s in samples])
 WHEELS = wheel.load_wheels()
 
@@ -41,7 +41,7 @@ def reward_f1_format(prompts, completions, openset, subtitle, **kw):
     """The baseline reward of our loop (R_F + R_fmt), computed by the same functions."""
     out = []
     for completion, labels, sub in zip(completions, openset, subtitle):
-        text = mer.PREFIX["slow"] + completion
+        text = mer.prompts.PREFIX["slow"] + completion
         words = wheel.parse_answer(text)
         gt = [wheel.map_words(wheel.split_words(labels), WHEELS, k) for k in range(5)]
         r_f = rewards.wheel_rewards([wheel.map_words(words, WHEELS, k) for k in range(5)], gt)[2]

@@ -9,25 +9,25 @@ OFFICIAL_WHEELS = os.path.join(ROOT, "..", "shared", "affectgpt-emotion-wheel")
 def check_set():
     """(predictions, labels) of the public OV-MERD+ check set beside the official wheel files:
     AffectGPT's released predictions and the ground truth, as {name: [words]}."""
-    import evaluate
+    import mer.data
     import wheel
     check = os.path.join(OFFICIAL_WHEELS, "check")
     return tuple({n: wheel.string_to_list(v) for n, v in
-                  evaluate.read_name_column_csv(os.path.join(check, f), "openset").items()}
+                  mer.data.read_name_column_csv(os.path.join(check, f), "openset").items()}
                  for f in ("affectgpt_ckpt60_preds.csv", "ovmerd_check_labels.csv"))
 
 
 def shared_prompt_gap(model, ids, mask, media, row_media, completion, c_mask, n):
     """Largest difference between the logits that predict completion tokens when each prompt runs
-    once for its n rows (mer.continuation_logits, what GRPO trains with) and when every row runs
-    its full sequence (mer.forward_logits), over the positions whose token counts (c_mask = 1)."""
+    once for its n rows (mer.engine.continuation_logits, what GRPO trains with) and when every row runs
+    its full sequence (mer.engine.forward_logits), over the positions whose token counts (c_mask = 1)."""
     import torch
-    import mer
+    import mer.engine
     full_ids = torch.cat([ids.repeat_interleave(n, 0), completion], 1)
     full_mask = torch.cat([mask.repeat_interleave(n, 0), c_mask], 1)
     with torch.no_grad():
-        full = mer.forward_logits(model, full_ids, full_mask, row_media, keep=completion.shape[1] + 1)[:, :-1]
-        shared = mer.continuation_logits(model, ids, mask, media, completion, c_mask, n)
+        full = mer.engine.forward_logits(model, full_ids, full_mask, row_media, keep=completion.shape[1] + 1)[:, :-1]
+        shared = mer.engine.continuation_logits(model, ids, mask, media, completion, c_mask, n)
     assert shared.shape == full.shape
     return ((shared - full).abs() * c_mask[..., None]).max().item()
 
@@ -38,18 +38,18 @@ def chunked_logprob_gaps(model, ids, mask, media, completion, c_mask, n, tempera
     order), between the GRPO path (LM head off, rewards.chunked_logprobs in chunks of `chunk`
     positions, each checkpointed) and full [rows, T, vocabulary] logits then token_logprobs."""
     import torch
-    import mer
+    import mer.engine
     import rewards
     weights = torch.randn(completion.shape, generator=torch.Generator().manual_seed(1)) * c_mask
 
     def run(chunked):
         model.zero_grad()
         if chunked:
-            with mer.lm_head_off(model) as head:
-                hidden = mer.continuation_logits(model, ids, mask, media, completion, c_mask, n)
+            with mer.engine.lm_head_off(model) as head:
+                hidden = mer.engine.continuation_logits(model, ids, mask, media, completion, c_mask, n)
             logp = rewards.chunked_logprobs(hidden, head, completion, temperature, chunk)
         else:
-            logits = mer.continuation_logits(model, ids, mask, media, completion, c_mask, n)
+            logits = mer.engine.continuation_logits(model, ids, mask, media, completion, c_mask, n)
             logp = rewards.token_logprobs(logits, completion, temperature)
         (logp * weights).sum().backward()
         return logp.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
@@ -62,11 +62,11 @@ def chunked_logprob_gaps(model, ids, mask, media, completion, c_mask, n, tempera
 
 def checkpointing_gaps(model, ids, mask, media, completion, c_mask, n):
     """The GRPO log-prob path (prompt cache, LM head in chunks) on `model` and on a copy with
-    mer.enable_grad_checkpointing: the largest differences in log-probs and in gradients (relative,
+    mer.models.enable_grad_checkpointing: the largest differences in log-probs and in gradients (relative,
     as above), and how often the first decoder layer's attention ran in each (forward, backward)."""
     import copy
     import torch
-    import mer
+    import mer.engine, mer.models
     import rewards
     weights = torch.randn(completion.shape, generator=torch.Generator().manual_seed(1)) * c_mask
 
@@ -76,8 +76,8 @@ def checkpointing_gaps(model, ids, mask, media, completion, c_mask, n):
                      if name in ("model.layers.0.self_attn", "model.language_model.layers.0.self_attn"))
         hook = first.register_forward_pre_hook(lambda *a: calls.append(1))
         m.zero_grad()
-        with mer.lm_head_off(m) as head:
-            hidden = mer.continuation_logits(m, ids, mask, media, completion, c_mask, n)
+        with mer.engine.lm_head_off(m) as head:
+            hidden = mer.engine.continuation_logits(m, ids, mask, media, completion, c_mask, n)
         logp = rewards.chunked_logprobs(hidden, head, completion, 1.0, 4)
         (logp * weights).sum().backward()
         hook.remove()
@@ -85,7 +85,7 @@ def checkpointing_gaps(model, ids, mask, media, completion, c_mask, n):
 
     model.train()
     checkpointed = copy.deepcopy(model)
-    mer.enable_grad_checkpointing(checkpointed)
+    mer.models.enable_grad_checkpointing(checkpointed)
     (lp, g, calls), (lp_c, g_c, calls_c) = run(model), run(checkpointed)
     assert set(g) == set(g_c)
     return ((lp - lp_c).abs() * c_mask).max().item(), max(

@@ -167,17 +167,17 @@ def test_gains_over_the_sft_and_over_baseline_seed_by_seed(ablation, monkeypatch
 
 
 def test_a_finished_run_without_its_optimizer_still_verifies(tmp_path):
-    import mer
+    import mer.checkpoints
     ablation = load()
     ckpt = tmp_path / "last"
     ckpt.mkdir()
     (ckpt / "model.safetensors").write_bytes(b"weights")
     (ckpt / "trainer_state.pt").write_bytes(b"optimizer")
-    json.dump(mer.file_checksums(str(ckpt)), open(ckpt / "checksums.json", "w"))
+    json.dump(mer.checkpoints.file_checksums(str(ckpt)), open(ckpt / "checksums.json", "w"))
     os.remove(ckpt / "trainer_state.pt")
-    assert mer.corrupt_files(str(ckpt)) == ["trainer_state.pt"]  # what deleting it alone did
+    assert mer.checkpoints.corrupt_files(str(ckpt)) == ["trainer_state.pt"]  # what deleting it alone did
     (ckpt / "trainer_state.pt").write_bytes(b"optimizer")
     ablation.drop_optimizer(str(ckpt))
     assert sorted(os.listdir(ckpt)) == ["checksums.json", "model.safetensors"]
-    assert mer.corrupt_files(str(ckpt)) == []
+    assert mer.checkpoints.corrupt_files(str(ckpt)) == []
     assert list(json.load(open(ckpt / "checksums.json"))) == ["model.safetensors"]

@@ -124,12 +124,12 @@ def test_score_only_bad_inputs(tmp_path):
 def test_score_only_csv_reader_names_file_and_row(tmp_path, content, message):
     (tmp_path / "p.csv").write_bytes(content)
     with pytest.raises(SystemExit, match=message):
-        E.read_name_column_csv(str(tmp_path / "p.csv"), "openset")
+        mer.data.read_name_column_csv(str(tmp_path / "p.csv"), "openset")
 
 
 def test_score_only_csv_reader_reads_bom_and_quoted_commas_and_refuses_non_finite_valence(tmp_path):
     (tmp_path / "p.csv").write_bytes(b'\xef\xbb\xbfname,openset\r\ns0,"happy, joyful"\r\n\r\n')
-    assert E.read_name_column_csv(str(tmp_path / "p.csv"), "openset") == {"s0": "happy, joyful"}
+    assert mer.data.read_name_column_csv(str(tmp_path / "p.csv"), "openset") == {"s0": "happy, joyful"}
     for bad in ("nan", "inf", "-inf", "high"):
         (tmp_path / "l.csv").write_text(f"name,valence\ns0,{bad}\n")
         with pytest.raises(SystemExit, match=f"valence of 's0' is '{bad}', not a finite number"):
@@ -138,11 +138,11 @@ def test_score_only_csv_reader_reads_bom_and_quoted_commas_and_refuses_non_finit
 
 def test_task_comes_from_a_prefix_the_bundled_name_or_the_fields():
     fine, senti = [{"name": "a", "openset": "happy", "valence": 1}], [{"name": "a", "valence": 1}]
-    assert E.task_of("my_sentiment_probe.jsonl", fine) == "fine"       # the file name is not read
-    assert E.task_of("anything.jsonl", senti) == "sentiment"          # valence without openset
-    assert E.task_of("basic:my.jsonl", fine) == "basic" and E.task_of("sentiment:my.jsonl", fine) == "sentiment"
-    assert [E.task_of(s, fine) for s in ("test_fine", "test_basic", "test_sentiment")] == ["fine", "basic", "sentiment"]
-    assert E.task_of("mosi:/data/mosi", fine) == "sentiment" and E.task_of("mer2023:/d", fine) == "basic"
+    assert mer.data.task_of("my_sentiment_probe.jsonl", fine) == "fine"       # the file name is not read
+    assert mer.data.task_of("anything.jsonl", senti) == "sentiment"          # valence without openset
+    assert mer.data.task_of("basic:my.jsonl", fine) == "basic" and mer.data.task_of("sentiment:my.jsonl", fine) == "sentiment"
+    assert [mer.data.task_of(s, fine) for s in ("test_fine", "test_basic", "test_sentiment")] == ["fine", "basic", "sentiment"]
+    assert mer.data.task_of("mosi:/data/mosi", fine) == "sentiment" and mer.data.task_of("mer2023:/d", fine) == "basic"
 
 
 @pytest.mark.skipif(not os.path.isdir(OFFICIAL_WHEELS), reason="official wheel files not present")
@@ -186,7 +186,7 @@ from types import SimpleNamespace
 
 import torch
 
-import mer
+import mer.checkpoints, mer.data, mer.generation, mer.models, mer.plots, mer.prompts
 
 
 def test_answer_confidences_hand_computed():
@@ -212,12 +212,14 @@ def test_retained_hit_rate_and_average_categories():
 
 
 def test_parse_sentiment():
-    assert [E.parse_sentiment(t) for t in ("Positive.", "negative", "It is neutral", "unsure")] == [1, -1, 0, 0]
+    assert [mer.generation.parse_sentiment(t) for t in ("Positive.", "negative", "It is neutral", "unsure")] == [1, -1, 0, 0]
 
 
 class Oracle(torch.nn.Module):
     """Stands in for a checkpoint: answers the label of the sample whose subtitle is in the prompt
-    (or `wrong` for the samples in `miss`), with a reasoning block in slow mode."""
+    (or `wrong` for the samples in `miss`), with a reasoning block in slow mode. It decodes through
+    the engine's sampler: its "KV cache" holds each row's tokens, and each step puts all mass on
+    the next token of the row's scripted completion."""
     config = SimpleNamespace(model_type="oracle")
 
     def __init__(self, tok, answers, miss=(), wrong="angry"):
@@ -228,22 +230,47 @@ class Oracle(torch.nn.Module):
     def device(self):
         return torch.device("cpu")
 
-    def generate(self, input_ids, attention_mask, **kw):
-        rows = []
-        for ids, mask in zip(input_ids, attention_mask):
-            prompt = ids[mask.bool()].tolist()
-            text = self.tok.decode(prompt)
-            subtitle = next(s for s in self.answers if f'"{s}"' in text)
-            answer = self.wrong if subtitle in self.miss else self.answers[subtitle]
-            completion = answer + "</answer>" if text.endswith("<answer>") else f"I see.</think><answer>{answer}</answer>"
-            rows.append(ids.tolist() + self.tok(completion, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id])
-        width = max(len(r) for r in rows)
-        return torch.tensor([r + [self.tok.eos_token_id] * (width - len(r)) for r in rows])
+    @property
+    def base_model(self):
+        return self
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0):
+    def script(self, prompt):
+        text = self.tok.decode(prompt)
+        subtitle = next(s for s in self.answers if f'"{s}"' in text)
+        answer = self.wrong if subtitle in self.miss else self.answers[subtitle]
+        completion = answer + "</answer>" if text.endswith("<answer>") else f"I see.</think><answer>{answer}</answer>"
+        return self.tok(completion, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0, cache=None, use_cache=False):
+        if use_cache and cache is None:  # the prompt pass: the cache is the rows' tokens so far
+            return SimpleNamespace(cache=RowCache([ids[m.bool()].tolist() for ids, m in zip(input_ids, attention_mask)]))
+        if cache is not None:  # one decoding step: the row's first token completes its prompt
+            logits = torch.zeros(input_ids.shape[0], 1, len(self.tok))
+            for i, token in enumerate(input_ids[:, 0].tolist()):
+                row = cache.rows[i]
+                row["ids"].append(token)
+                if row["prompt"] is None:
+                    row["prompt"] = len(row["ids"])
+                done = len(row["ids"]) - row["prompt"]
+                script = self.script(row["ids"][:row["prompt"]])
+                logits[i, 0, script[min(done, len(script) - 1)]] = 1.0
+            return SimpleNamespace(logits=logits)
         logits = torch.zeros(input_ids.shape[0], logits_to_keep or input_ids.shape[1], len(self.tok))
         logits[..., :10] = torch.arange(10.0)   # a fixed, non-uniform distribution
         return SimpleNamespace(logits=logits)
+
+
+class RowCache:
+    """The Oracle's stand-in for a KV cache: each row's tokens, repeated and selected as the engine does."""
+
+    def __init__(self, rows):
+        self.rows = [{"ids": r, "prompt": None} for r in rows]
+
+    def batch_repeat_interleave(self, n):
+        self.rows = [{"ids": list(r["ids"]), "prompt": r["prompt"]} for r in self.rows for _ in range(n)]
+
+    def batch_select_indices(self, keep):
+        self.rows = [self.rows[i] for i in keep.tolist()]
 
 
 def _splits(tmp_path):
@@ -264,7 +291,7 @@ def _splits(tmp_path):
 
 def test_oracle_checkpoint_scores_100(tmp_path, monkeypatch):
     paths, answers = _splits(tmp_path)
-    tok = mer.tiny_tokenizer()
+    tok = mer.models.tiny_tokenizer()
     monkeypatch.setattr(E, "BATCH_SIZE", 4)
     results = E.evaluate(Oracle(tok, answers), tok, paths, ["fast", "slow"], OURS, str(tmp_path / "out"),
                          contextlib_null)["results"]
@@ -286,7 +313,7 @@ def contextlib_null():
 
 def test_harness_scores_equal_the_score_only_command(tmp_path, monkeypatch):
     paths, answers = _splits(tmp_path)
-    tok = mer.tiny_tokenizer()
+    tok = mer.models.tiny_tokenizer()
     monkeypatch.setattr(E, "BATCH_SIZE", 4)
     miss = {"fine line 1", "fine line 4", "basic line 0", "senti line 1"}
     out = tmp_path / "out"
@@ -306,7 +333,7 @@ def test_harness_scores_equal_the_score_only_command(tmp_path, monkeypatch):
 def test_a_failing_later_split_keeps_the_summary_of_the_splits_done(tmp_path, monkeypatch):
     paths, answers = _splits(tmp_path)
     (tmp_path / "broken.jsonl").write_text('{"name": "x", "openset": ["sad"]}\n')
-    tok = mer.tiny_tokenizer()
+    tok = mer.models.tiny_tokenizer()
     monkeypatch.setattr(E, "BATCH_SIZE", 4)
     with pytest.raises(SystemExit, match="broken.jsonl, line 1 \\(x\\): 'openset' is"):
         E.evaluate(Oracle(tok, answers), tok, [paths[0], str(tmp_path / "broken.jsonl")], ["slow"], OURS,
@@ -318,18 +345,18 @@ def test_a_failing_later_split_keeps_the_summary_of_the_splits_done(tmp_path, mo
 
 
 def test_evaluate_finds_the_checkpoint_an_interrupted_save_left(tmp_path, monkeypatch, capsys):
-    model, tok = mer.load_model("tiny")
-    mer.save_checkpoint(str(tmp_path / "last"), model, tok, {"step": 1, "config": {}})
+    model, tok = mer.models.load_model("tiny")
+    mer.checkpoints.save_checkpoint(str(tmp_path / "last"), model, tok, {"step": 1, "config": {}})
     os.replace(tmp_path / "last", tmp_path / "last.old")
-    assert E.find_ckpt(str(tmp_path / "last")) == str(tmp_path / "last.old")
+    assert mer.checkpoints.find_model(str(tmp_path / "last")) == str(tmp_path / "last.old")
     assert "last is missing; evaluating" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)
     os.makedirs("out/grpo")
     os.replace(tmp_path / "last.old", tmp_path / "out" / "grpo" / "last.old")
-    assert E.find_ckpt("") == "out/grpo/last.old"                      # not a silent fall back to out/sft/last
+    assert mer.checkpoints.find_model("") == "out/grpo/last.old"                      # not a silent fall back to out/sft/last
     (tmp_path / "out" / "grpo" / "last.old" / "config.json").write_text("{}")
     with pytest.raises(SystemExit, match="config.json: missing or not what was saved"):
-        E.find_ckpt("")
+        mer.checkpoints.find_model("")
 
 
 def test_plot_training_of_a_grpo_and_an_sft_log(tmp_path):
@@ -340,16 +367,16 @@ def test_plot_training_of_a_grpo_and_an_sft_log(tmp_path):
     sft.write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n" + json.dumps({"event": "data"}) + "\n")
     for log in (grpo, sft):
         png = str(log) + ".png"
-        assert E.plot_training(str(log), png) == png and open(png, "rb").read(4) == b"\x89PNG"
+        assert mer.plots.plot_training(str(log), png) == png and open(png, "rb").read(4) == b"\x89PNG"
     width = lambda png: int.from_bytes(open(png, "rb").read(24)[16:20], "big")  # noqa: E731 (IHDR)
     assert width(str(grpo) + ".png") == 3 * 450  # rewards, KL, length: 4.5 inches at 100 dpi each
     with open(grpo, "a") as f:  # --val_samples: the held-out scores get a fourth panel
         f.writelines(json.dumps({"event": "validation", "step": s, "val_f1": 50.0, "val_precision": 40.0,
                                  "val_recall": 60.0, "val_format": 100.0}) + "\n" for s in (0, 2))
-    assert width(E.plot_training(str(grpo), str(tmp_path / "val.png"))) == 4 * 450
+    assert width(mer.plots.plot_training(str(grpo), str(tmp_path / "val.png"))) == 4 * 450
     (tmp_path / "empty.jsonl").write_text(json.dumps({"event": "data"}) + "\n")
     with pytest.raises(SystemExit, match="no training step logged yet"):
-        E.plot_training(str(tmp_path / "empty.jsonl"), str(tmp_path / "e.png"))
+        mer.plots.plot_training(str(tmp_path / "empty.jsonl"), str(tmp_path / "e.png"))
 
 
 def test_harness_bad_inputs(tmp_path):
@@ -393,18 +420,18 @@ class NextTokenTeacher(torch.nn.Module):
 
 @pytest.mark.parametrize("mode", ["fast", "slow"])
 def test_word_logprobs_read_at_the_first_token_of_each_word(mode):
-    tok = mer.tiny_tokenizer()
+    tok = mer.models.tiny_tokenizer()
     body = "angry, very sad;calm</answer>" if mode == "fast" else "Hm.</think><answer>angry, very sad;calm</answer>"
     prompts, completions = [], []
     for subtitle in ("a", "a much longer subtitle to force left padding"):
-        prompts.append(tok(mer.prompt_text({"subtitle": subtitle}, tok, mode), add_special_tokens=False)["input_ids"])
+        prompts.append(tok(mer.prompts.prompt_text({"subtitle": subtitle}, tok, mode), add_special_tokens=False)["input_ids"])
         completions.append(tok(body, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
     prompts.append(prompts[0])
     completions.append(tok("no answer", add_special_tokens=False)["input_ids"])
-    found = E.word_logprobs(NextTokenTeacher(len(tok)), tok, prompts, completions, mode, {}, contextlib_null)
+    found = mer.generation.word_logprobs(NextTokenTeacher(len(tok)), tok, prompts, completions, mode, {}, contextlib_null)
     assert found[2] is None
     for completion, (words, lp) in zip(completions, found[:2]):
-        assert [w for w, _, _ in words] == ["angry", "very sad", "calm"]
-        for (word, j, _), row in zip(words, lp):
+        assert [w.word for w in words] == ["angry", "very sad", "calm"]
+        for (word, j, _, _), row in zip(words, lp):
             assert row[completion[j]].item() > -1e-6
             assert tok.decode([completion[j]]).strip()[0].lower() == word[0]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-import mer
+import mer.data, mer.engine, mer.inputs, mer.models, mer.prompts, mer.run
 import rewards
 import wheel
 from conftest import (ROOT, assert_tracker_equals_log, checkpointing_gaps, chunked_logprob_gaps, reference_advantages, shared_prompt_gap,
@@ -47,13 +47,13 @@ def tiny_sft(tmp_path_factory):
 
 
 def test_fast_answer_on_a_known_string():
-    tok = mer.tiny_tokenizer()
+    tok = mer.models.tiny_tokenizer()
     sample = {"name": "x", "subtitle": "We won!", "openset": "happy"}
-    slow_prompt = tok(mer.prompt_text(sample, tok, "slow"), add_special_tokens=False)["input_ids"]
-    fast_prompt = tok(mer.prompt_text(sample, tok, "fast"), add_special_tokens=False)["input_ids"]
+    slow_prompt = tok(mer.prompts.prompt_text(sample, tok, "slow"), add_special_tokens=False)["input_ids"]
+    fast_prompt = tok(mer.prompts.prompt_text(sample, tok, "fast"), add_special_tokens=False)["input_ids"]
     completion = tok("She smiles.</think><answer>happy, sad;happy, Very angry</answer>", add_special_tokens=False)["input_ids"]
     completion += [tok.eos_token_id]
-    answer, words = mer.fast_answer(completion, tok)
+    answer, words = mer.prompts.fast_answer(completion, tok)
     # the answer ids are copied, not re-tokenised, up to the first token of the last word
     start = words[0][1] - words[0][2]  # j - a: where the answer starts in the completion
     assert answer == completion[start:words[-1][1] + 1]
@@ -70,18 +70,18 @@ def test_fast_answer_on_a_known_string():
         assert first.strip() and word.replace(" ", "").startswith(first.strip().lower())
         # the same first-token id is what V(c) holds for this word's category (Eq. 1 in context)
         if word in ("happy", "sad"):
-            assert completion[slow_j] in mer.category_first_tokens(wheels, 1, tok, space)[word]
+            assert completion[slow_j] in mer.prompts.first_tokens(wheels, 1, tok, space)[word]
     assert tok.decode(completion[:words[1][1]]).endswith("happy,")
     assert tok.decode(completion[:words[2][1] + 1]).endswith("happy, sad;happy, V")
-    assert mer.fast_answer(tok("no answer here", add_special_tokens=False)["input_ids"], tok) is None
+    assert mer.prompts.fast_answer(tok("no answer here", add_special_tokens=False)["input_ids"], tok) is None
 
 
 def two_prompts_three_completions_each():
     """The tiny model, two prompts (the second left-padded) and 3 completions of 5 tokens for each,
     the second of which ends early."""
     torch.manual_seed(0)
-    model, tok = mer.load_model("tiny")
-    ids, mask = mer.left_pad([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]], tok.eos_token_id)
+    model, tok = mer.models.load_model("tiny")
+    ids, mask = mer.inputs.left_pad([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]], tok.eos_token_id)
     completion = torch.randint(5, 100, (6, 5))
     c_mask = torch.ones_like(completion)
     c_mask[1, 3:] = 0
@@ -117,45 +117,45 @@ def test_grad_checkpointing_gives_the_same_logprobs_and_gradients():
         return {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}
     model.train()
     checkpointed = copy.deepcopy(model)
-    mer.enable_grad_checkpointing(checkpointed)
+    mer.models.enable_grad_checkpointing(checkpointed)
     g, g_c = grads(model), grads(checkpointed)
     assert max((g[k] - g_c[k]).abs().max().item() for k in g) < 1e-5
 
 
 def test_sampler_greedy_equals_hf_generate_and_respects_min_and_eos():
     torch.manual_seed(0)
-    model, tok = mer.load_model("tiny")
+    model, tok = mer.models.load_model("tiny")
     model.eval()
-    ids, mask = mer.left_pad([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]], tok.eos_token_id)
+    ids, mask = mer.inputs.left_pad([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]], tok.eos_token_id)
     eos = tok.eos_token_id
     with torch.no_grad():
-        ours = mer.sample(model, ids, mask, {}, 2, max_new=12, temperature=0, eos=eos)
+        ours = mer.engine.sample(model, ids, mask, {}, 2, max_new=12, temperature=0, eos=eos)
         hf = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
                             pad_token_id=eos, eos_token_id=None)[:, ids.shape[1]:]
     assert torch.equal(ours, hf.repeat_interleave(2, 0))
     # make EOS the greedy choice everywhere: it comes at min_new exactly, then pads the row
     model.lm_head.bias = torch.nn.Parameter(torch.zeros(len(tok)).index_fill(0, torch.tensor([eos]), 1e4))
     with torch.no_grad():
-        ended = mer.sample(model, ids, mask, {}, 1, max_new=10, min_new=4, temperature=0, eos=eos)
+        ended = mer.engine.sample(model, ids, mask, {}, 1, max_new=10, min_new=4, temperature=0, eos=eos)
     assert ended.shape == (2, 5) and (ended[:, 4] == eos).all() and (ended[:, :4] != eos).all()
     with torch.no_grad():
-        sampled = mer.sample(model, ids, mask, {}, 3, max_new=10, min_new=10, temperature=1.0, eos=eos)
+        sampled = mer.engine.sample(model, ids, mask, {}, 3, max_new=10, min_new=10, temperature=1.0, eos=eos)
     assert sampled.shape == (6, 10) and (sampled != eos).all()
 
 
 def test_next_token_top_p_keeps_the_smallest_set_reaching_p():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     torch.manual_seed(0)
-    draws = lambda p: {mer.next_token(logits, 1.0, p).item() for _ in range(300)}  # noqa: E731
+    draws = lambda p: {mer.engine.next_token(logits, 1.0, p).item() for _ in range(300)}  # noqa: E731
     assert draws(0.0) == {0}           # top_p 0 keeps the most likely token (greedy), never the last id
     assert draws(0.5) == {0}           # 0.5 alone reaches 0.5
     assert draws(0.7) == {0, 1}        # 0.5 < 0.7 <= 0.8
     assert draws(0.9) == {0, 1, 2}
     assert draws(1.0) == {0, 1, 2, 3}
-    assert mer.next_token(logits, 0).item() == 0
+    assert mer.engine.next_token(logits, 0).item() == 0
     # draws follow the distribution, and a token of probability 0 never comes
     probs = torch.tensor([[0.1, 0.0, 0.6, 0.3]]).repeat(100000, 1)
-    freq = torch.bincount(mer.next_token(torch.log(probs)), minlength=4) / len(probs)
+    freq = torch.bincount(mer.engine.next_token(torch.log(probs)), minlength=4) / len(probs)
     assert freq[1] == 0 and torch.allclose(freq, probs[0], atol=0.005)
 
 
@@ -254,7 +254,7 @@ def test_lora_trains_adapters_against_the_base_and_saves_merged_weights(tiny_sft
     assert log[0]["kl"] == pytest.approx(0, abs=1e-7) and log[1]["kl"] > 1e-6
     init, merged = _weights(tiny_sft), _weights(tmp_path / "full" / "last")  # plain from_pretrained, no peft
     changed = {k for k in init if not torch.equal(init[k], merged[k])}
-    targets = {k for k in init if re.match(mer.LORA_TARGETS, k.removesuffix(".weight"))}
+    targets = {k for k in init if re.match(mer.models.LORA_TARGETS, k.removesuffix(".weight"))}
     assert changed == targets and len(targets) == 2 * 7  # two layers x q, k, v, o, gate, up, down
     adapters = load_file(tmp_path / "full" / "last" / "adapters.safetensors")
     assert len(adapters) == 2 * len(targets)  # lora_A and lora_B of each
@@ -292,7 +292,7 @@ def test_bad_settings_are_refused_before_models_load(tmp_path):
 
 def test_non_finite_loss_stops_without_saving(tiny_sft, tmp_path):
     # a policy with one NaN weight gives a NaN loss at step 1: the run must stop, saving nothing
-    model, tok = mer.load_model(tiny_sft)
+    model, tok = mer.models.load_model(tiny_sft)
     with torch.no_grad():
         model.model.norm.weight[0] = float("nan")
     model.save_pretrained(tmp_path / "bad")
@@ -350,8 +350,8 @@ def test_a_tracker_that_is_not_installed_is_a_clear_error():
     for name, message in (("mlflow", "the mlflow package is not installed \\(pip install mlflow\\)"),
                           ("tensorbord", "'tensorbord': not a tracker accelerate knows")):
         with pytest.raises(SystemExit, match=message):
-            mer.trackers(name)
-    assert mer.trackers("") is None
+            mer.run.trackers(name)
+    assert mer.run.trackers("") is None
 
 
 def test_validation_scores_the_held_out_samples_as_evaluate_does(tiny_sft, tmp_path):
@@ -362,7 +362,7 @@ def test_validation_scores_the_held_out_samples_as_evaluate_does(tiny_sft, tmp_p
     log = _log(tmp_path / "run")
     val = [r for r in log if r.get("event") == "validation"]
     assert [r["step"] for r in val] == [0, 2, 3]  # before training, every 2 steps, at the end
-    chosen = mer.select(mer.load_samples("train"), 0, 12)
+    chosen = mer.data.select(mer.data.load_samples("train"), 0, 12)
     held_out = chosen[-6:]
     # 3 steps x 2 prompts: one epoch of the 6 samples left, none of the held-out ones
     trained = {json.loads(l)["prompt"] for l in open(tmp_path / "run" / "completions.jsonl")}
@@ -378,3 +378,26 @@ def test_validation_scores_the_held_out_samples_as_evaluate_does(tiny_sft, tmp_p
         assert val[0][f"val_{key}"] == pytest.approx(slow["scores"][key]) == val[-1][f"val_{key}"]
     assert val[0]["val_format"] == pytest.approx(slow["format"])
     assert 0 < slow["scores"]["recall"] < 100
+
+
+def _step2_rewards(samples, texts, wheels, ks):
+    """train_grpo.py's step 2: answer words -> level-1 categories per reward wheel -> rewards."""
+    words = [wheel.parse_answer(t) for t in texts]
+    pred = [[wheel.map_words(w, wheels, k) for k in ks] for w in words]
+    gt = [mer.data.label_categories(s, wheels, ks) for s in samples]
+    return rewards.completion_rewards(texts, words, pred, gt, [s.get("subtitle", "") for s in samples])
+
+
+def test_completion_rewards_hand_computed():
+    wheels = wheel.load_wheels()
+    sample = {"openset": "happy, sad", "subtitle": "I am fine."}
+    texts = ["<think>She smiles, then frowns.</think><answer>joyful, angry</answer>",  # one hit of two, every wheel
+             "<think></think><answer>calm</answer>"]  # empty think: format 0; calm is 'peaceful' on wheel 1 only
+    r = _step2_rewards([sample, sample], texts, wheels, [0, 1, 2, 3, 4])
+    assert r["format"] == [1.0, 0.0]
+    assert r["recall"] == pytest.approx([0.5, (0 + 4 * 0.5) / 5])
+    assert r["precision"] == pytest.approx([0.5, (0 + 4 * 1.0) / 5])
+    assert r["f1"] == pytest.approx([0.5, (0 + 4 * (2 * 0.5 / 1.5)) / 5])  # per wheel, then averaged
+    # the reward wheels chosen: on wheels 2-5 alone calm maps to happy
+    assert _step2_rewards([sample], texts[1:], wheels, [1, 3])["precision"] == [1.0]
+    assert mer.data.label_categories(sample, wheels, [0, 1]) == [{"joyful", "sad"}, {"happy", "sad"}]

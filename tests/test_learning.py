@@ -1,11 +1,11 @@
 """GRPO learns: one update moves log-probs with the advantages, and a short run raises a toy reward.
 
-Both go through the functions train_grpo.py trains with (mer.sample, rewards.completion_mask,
-mer.continuation_logits, rewards.token_logprobs, rewards.advantages, rewards.grpo_loss) on a tiny
+Both go through the functions train_grpo.py trains with (mer.engine.sample, rewards.completion_mask,
+mer.engine.continuation_logits, rewards.token_logprobs, rewards.advantages, rewards.grpo_loss) on a tiny
 random model; what they measure comes from an independent full-sequence forward."""
 import torch
 
-import mer
+import mer.engine, mer.inputs, mer.models
 import rewards
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]]  # different lengths: the second is left-padded
@@ -13,8 +13,8 @@ PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]]  # different lengths: the seco
 
 def _setup(seed=0):
     torch.manual_seed(seed)
-    model, tok = mer.load_model("tiny", seed=seed)
-    ids, mask = mer.left_pad(PROMPTS, tok.eos_token_id)
+    model, tok = mer.models.load_model("tiny", seed=seed)
+    ids, mask = mer.inputs.left_pad(PROMPTS, tok.eos_token_id)
     return model, tok.eos_token_id, ids, mask
 
 
@@ -24,12 +24,12 @@ def _sequence_logprobs(model, ids, mask, completion, c_mask, n):
     full_ids = torch.cat([ids.repeat_interleave(n, 0), completion], 1)
     full_mask = torch.cat([mask.repeat_interleave(n, 0), c_mask], 1)
     with torch.no_grad():
-        logits = mer.forward_logits(model, full_ids, full_mask, keep=completion.shape[1] + 1)[:, :-1]
+        logits = mer.engine.forward_logits(model, full_ids, full_mask, keep=completion.shape[1] + 1)[:, :-1]
     return (rewards.token_logprobs(logits.float(), completion) * c_mask).sum(1)
 
 
 def _update(model, optimizer, ids, mask, completion, c_mask, adv, n):
-    logits = mer.continuation_logits(model, ids, mask, {}, completion, c_mask, n).float()
+    logits = mer.engine.continuation_logits(model, ids, mask, {}, completion, c_mask, n).float()
     logp = rewards.token_logprobs(logits, completion)
     loss, _ = rewards.grpo_loss(logp, logp.detach(), adv, c_mask)
     optimizer.zero_grad()
@@ -41,7 +41,7 @@ def test_one_update_raises_positive_advantage_completions_and_lowers_negative_on
     model, eos, ids, mask = _setup()
     g = 4
     with torch.no_grad():
-        completion = mer.sample(model, ids, mask, {}, g, max_new=6, min_new=6, eos=eos)
+        completion = mer.engine.sample(model, ids, mask, {}, g, max_new=6, min_new=6, eos=eos)
     # rows 0 and 5 end after two tokens: what follows their EOS is not theirs and must not be trained
     completion[[0, 5], 2] = eos
     real = torch.ones_like(completion)
@@ -80,7 +80,7 @@ def test_a_short_run_raises_a_toy_reward():
     means = []
     for step in range(10):
         with torch.no_grad():
-            completion = mer.sample(model, ids, mask, {}, g, max_new=8, min_new=8, eos=eos)
+            completion = mer.engine.sample(model, ids, mask, {}, g, max_new=8, min_new=8, eos=eos)
         c_mask = rewards.completion_mask(completion, eos)
         reward = _toy_reward(completion, c_mask, prompt_of_row, vocab)
         means.append(reward.mean().item())
@@ -99,7 +99,7 @@ def test_gradient_accumulation_gives_the_full_batch_gradient():
     model, eos, ids, mask = _setup(seed=2)
     g, width = 4, 6
     with torch.no_grad():
-        completion = mer.sample(model, ids, mask, {}, g, max_new=width, min_new=width, eos=eos)
+        completion = mer.engine.sample(model, ids, mask, {}, g, max_new=width, min_new=width, eos=eos)
     completion[1, 3] = eos  # one shorter completion, so the per-sequence means differ in length
     c_mask = rewards.completion_mask(completion, eos)
     adv = torch.tensor([1.2, -0.3, 0.4, -1.3, -0.9, 0.6, 0.9, -0.6])
@@ -111,8 +111,8 @@ def test_gradient_accumulation_gives_the_full_batch_gradient():
         model.zero_grad()
         for part in parts:
             rows = [p * g + j for p in part for j in range(g)]
-            p_ids, p_mask = mer.left_pad([PROMPTS[p] for p in part], eos)
-            logits = mer.continuation_logits(model, p_ids, p_mask, {}, completion[rows], c_mask[rows], g).float()
+            p_ids, p_mask = mer.inputs.left_pad([PROMPTS[p] for p in part], eos)
+            logits = mer.engine.continuation_logits(model, p_ids, p_mask, {}, completion[rows], c_mask[rows], g).float()
             logp = rewards.token_logprobs(logits, completion[rows])
             old, ref = logp.detach() + 0.3 * noise[rows], logp.detach() - 0.2 * noise[rows]
             loss, s = rewards.grpo_loss(logp, old, adv[rows], c_mask[rows], ref, eta=0.2, beta=0.04,

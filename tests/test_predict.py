@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-import mer
+import mer.models, mer.prompts
 import predict
 import wheel
 from conftest import ROOT
@@ -19,17 +19,17 @@ def _run(*args):
 
 
 def test_answers_and_eq1_confidences_of_one_clip():
-    tok = mer.tiny_tokenizer()
+    tok = mer.models.tiny_tokenizer()
     sample = {"name": "clip", "subtitle": "fine line 0", "openset": "happy, excited"}
     model = Oracle(tok, {"fine line 0": "happy, excited"})
     # the oracle's next-token distribution is the same at every position: log_softmax(0, 1, ..., 9, -inf...)
     logp = torch.log_softmax(model(torch.zeros(1, 1, dtype=torch.long), logits_to_keep=1).logits[0, 0], -1)
     for mode in ("slow", "fast"):
         text, words, conf = predict.answer(model, tok, None, sample, mode, contextlib.nullcontext, OURS)
-        assert words == ["happy", "excited"] and text.startswith(mer.PREFIX[mode]) and text.endswith("</answer>")
+        assert words == ["happy", "excited"] and text.startswith(mer.prompts.PREFIX[mode]) and text.endswith("</answer>")
         for k in range(5):
-            table = mer.category_first_tokens(OURS, k, tok, True)   # both words of the answer are after "<answer>"
-            bare = mer.category_first_tokens(OURS, k, tok, False)   # or ", "
+            table = mer.prompts.first_tokens(OURS, k, tok, True)   # both words of the answer are after "<answer>"
+            bare = mer.prompts.first_tokens(OURS, k, tok, False)   # or ", "
             for c in wheel.map_words(words, OURS, k):
                 expected = (torch.logsumexp(logp[bare[c]], 0) + torch.logsumexp(logp[table[c]], 0)) / 2
                 assert conf[k][c] == pytest.approx(float(expected), abs=1e-5)

@@ -6,7 +6,7 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM
 
-import mer
+import mer.models
 from conftest import ROOT, assert_tracker_equals_log, tracker_args
 
 TINY = ["--model=tiny", "--max_samples=8", "--fast_fraction=0", "--batch_size=4", "--grad_accum=2", "--lr=3e-3", "--warmup_steps=1",
@@ -32,9 +32,9 @@ def test_sft_lowers_loss_and_checkpoint_round_trips(tmp_path):
     assert log[-1]["loss"] < log[0]["loss"] - 0.5
     ckpt = str(tmp_path / "a" / "last")
     trained = _weights(ckpt)
-    model, tok = mer.load_model(ckpt)
+    model, tok = mer.models.load_model(ckpt)
     assert all(torch.equal(trained[k], v) for k, v in model.state_dict().items())
-    init = mer.load_model("tiny")[0].state_dict()
+    init = mer.models.load_model("tiny")[0].state_dict()
     assert any(not torch.equal(init[k], v) for k, v in trained.items())
     assert tok.decode(tok("<think>x</think>")["input_ids"]) == "<think>x</think>"
     card = open(os.path.join(ckpt, "README.md")).read()   # the folder explains itself

@@ -1,0 +1,141 @@
+"""Checkpoints: an HF-format folder (`from_pretrained` loads it) plus `trainer_state.pt` (optimizer,
+RNG, step, data position), a model card and `checksums.json`, written atomically; finding the one
+to resume or evaluate, verifying it, and refusing to resume it with other settings."""
+import hashlib
+import json
+import os
+import shutil
+import sys
+
+import torch
+
+from mer import models
+
+
+def model_card(state, last=None):
+    """README.md of a checkpoint folder: what it is, what it started from, where it stands, and
+    every setting, so that a shared folder explains itself."""
+    cfg = state.get("config", {})
+    stage = f"GRPO (variant `{cfg['VARIANT']}`)" if "VARIANT" in cfg else "SFT"
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in (last or {}).items() if isinstance(v, float))
+    return "\n".join([
+        f"# mer-r1 checkpoint: {stage}", "",
+        f"- started from: `{cfg.get('INIT') or cfg.get('MODEL')}`; data: `{cfg.get('TRAIN')}`",
+        f"- step {state.get('step')} of {cfg.get('MAX_STEPS') or 'one pass over the data'}",
+        f"- last logged step: {metrics or '-'}", "",
+        "Load with `transformers.AutoModelForCausalLM.from_pretrained(folder)` (a Qwen2.5-Omni Thinker: "
+        "`Qwen2_5OmniThinkerForConditionalGeneration`), or score it with `python evaluate.py --ckpt=folder`. "
+        "`trainer_state.pt` holds the optimizer and RNG states a run resumes from.", "",
+        "## Settings", "", "```python", *[f"{k} = {v!r}" for k, v in cfg.items()], "```", ""])
+
+
+def file_checksums(folder):
+    """{file name: sha256} of the files of a checkpoint folder (checksums.json itself excepted)."""
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name != "checksums.json" and os.path.isfile(path):
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    h.update(block)
+            out[name] = h.hexdigest()
+    return out
+
+
+def corrupt_files(folder):
+    """Files of a checkpoint that are missing or differ from its checksums.json ([] without one)."""
+    path = os.path.join(folder, "checksums.json")
+    if not os.path.isfile(path):
+        return []
+    saved, now = json.load(open(path)), file_checksums(folder)
+    return [name for name, digest in saved.items() if now.get(name) != digest]
+
+
+def verify_checkpoint(folder):
+    """Stop with the name of the first corrupt or truncated file of a checkpoint; offer
+    `folder.old` (what an interrupted save leaves) when it is intact."""
+    bad = corrupt_files(folder)
+    if bad:
+        old = folder + ".old"
+        hint = (f"{old} is intact: move it over {folder} to go on from it" if os.path.isdir(old) and not
+                corrupt_files(old) else f"delete {folder} (or pass --resume=False) to start again")
+        raise SystemExit(f"{os.path.join(folder, bad[0])}: missing or not what was saved (the checksum in "
+                         f"checksums.json differs): the checkpoint is corrupt or truncated; {hint}")
+
+
+def save_checkpoint(path, model, tokenizer, state, processor=None, last=None):
+    """Write an HF-format checkpoint (`from_pretrained` loads it; with the processor of a
+    multimodal model) plus `trainer_state.pt` (optimizer, RNG, step, data position), a model
+    card (`README.md`, with `last`: the last logged metrics) and `checksums.json` (verified on
+    resume) atomically: into `path.tmp`, then renamed over `path`."""
+    tmp, old = path + ".tmp", path + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    adapters = models.lora_state(model)
+    model.save_pretrained(tmp, state_dict=models.merged_state_dict(model) if adapters else None)
+    if adapters:  # resuming needs them apart from the merged weights
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in adapters.items()}, os.path.join(tmp, "adapters.safetensors"))
+    (processor or tokenizer).save_pretrained(tmp)
+    torch.save(state, os.path.join(tmp, "trainer_state.pt"))
+    with open(os.path.join(tmp, "README.md"), "w") as f:
+        f.write(model_card(state, last))
+    with open(os.path.join(tmp, "checksums.json"), "w") as f:
+        json.dump(file_checksums(tmp), f, indent=1)
+    if os.path.isdir(path):
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(path):
+    """The checkpoint folder to resume from: `path`, or `path.old` if a save was interrupted;
+    verified against its checksums. None when there is neither."""
+    for p in (path, path + ".old"):
+        if os.path.isfile(os.path.join(p, "trainer_state.pt")):
+            verify_checkpoint(p)
+            return p
+    return None
+
+
+def find_model(ckpt):
+    """The checkpoint to evaluate or ask: `ckpt` (empty: out/grpo/last, else out/sft/last, else the
+    base smollm2), or `ckpt.old` (what an interrupted save leaves) when `ckpt` is missing; a
+    checkpoint whose files differ from its checksums is an error."""
+    for path in [ckpt] if ckpt else ["out/grpo/last", "out/sft/last"]:
+        for p in (path, path + ".old"):
+            if os.path.isfile(os.path.join(p, "config.json")):
+                if p != path:
+                    print(f"{path} is missing; evaluating {p}, left by an interrupted save", file=sys.stderr)
+                verify_checkpoint(p)
+                return p
+    return ckpt or "smollm2"
+
+
+RESUME_MAY_CHANGE = {"OUT_DIR", "MAX_STEPS", "EPOCHS", "STOP_AFTER", "SAVE_EVERY", "THREADS", "RESUME",
+                     "LOG_COMPLETIONS_EVERY", "SKIP_MISSING_MEDIA"}
+
+
+def check_resume(ckpt, saved, config):
+    """Refuse to resume `ckpt` (whose trainer state saved the settings `saved`) with other settings
+    (a different --variant or --init would silently continue the old run), listing every
+    difference; the settings of RESUME_MAY_CHANGE may differ. Settings the checkpoint predates
+    are not compared."""
+    diff = [f"{k.lower()}: {saved[k]!r} in the checkpoint, {v!r} now" for k, v in config.items()
+            if k.isupper() and k in saved and k not in RESUME_MAY_CHANGE and saved[k] != v]
+    if diff:
+        raise SystemExit(f"{ckpt} was trained with other settings:\n  " + "\n  ".join(diff)
+                         + "\nresume with the same settings, or pass --resume=False to start again in this folder")
+
+
+def rng_state():
+    """The torch (and CUDA) random states, to save in a checkpoint."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state):
+    """Restore the random states saved by rng_state."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,357 @@
+"""Samples: the bundled JSONL splits, `.jsonl` files and the real MER-Caption+ / OV-MERD+ /
+MER-UniBench layouts, each sample checked when read (errors name the file, row and fix); a fixed
+random selection, and the endless stream of batches a training run (and its resume) draws from.
+
+A sample is a dict: `name`, `subtitle`, `openset` (comma-separated emotion words) and, when
+known, `video`/`audio` (clues as text), `reason`, `basic`, `valence`, `video_path`, `audio_path`.
+"""
+import csv
+import io
+import json
+import math
+import os
+import random
+import sys
+
+import wheel
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+TEXT_FIELDS = ("subtitle", "openset", "reason", "basic", "video", "audio", "video_path", "audio_path")
+
+
+def check_sample(s, where, need=()):
+    """Field checks of one sample, before any model loads (errors name `where`, the file and line):
+    a non-empty string `name`; string text fields; `openset` (or a finite `valence`); and the
+    non-empty fields of `need` (training needs `openset`)."""
+    if not isinstance(s, dict) or not isinstance(s.get("name"), str) or not s["name"].strip():
+        raise SystemExit(f"{where}: each sample must be an object with a non-empty string 'name'")
+    for k in TEXT_FIELDS:
+        if k in s and not isinstance(s[k], str):
+            hint = "one comma-separated string of emotion words" if k in ("openset", "basic") else "a string"
+            raise SystemExit(f"{where} ({s['name']}): {k!r} is {json.dumps(s[k])[:60]}; write it as {hint}")
+    v = s.get("valence")
+    if "valence" in s and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+        raise SystemExit(f"{where} ({s['name']}): 'valence' is {json.dumps(v)[:60]}; it must be a finite number")
+    if "openset" not in s and "valence" not in s:
+        raise SystemExit(f"{where} ({s['name']}): needs 'openset' (emotion words) or 'valence'")
+    for k in need:
+        if not s.get(k, "").strip():
+            raise SystemExit(f"{where} ({s['name']}): this run needs a non-empty {k!r}")
+
+
+def read_jsonl(path, need=()):
+    """Samples from a JSONL file (UTF-8, a BOM is allowed), each checked by check_sample."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"{path}: no such file")
+    samples = []
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if i == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise SystemExit(f"{path}, line {i}: not UTF-8 (byte {e.start + 1} of the line is "
+                                 f"{raw[e.start:e.start + 1]!r}); save the file as UTF-8")
+            if not line.strip():
+                continue
+            try:
+                s = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"{path}, line {i}: not valid JSON ({e.msg})")
+            check_sample(s, f"{path}, line {i}", need)
+            samples.append(s)
+    if not samples:
+        raise SystemExit(f"{path}: no samples")
+    return samples
+
+
+def load_split(split, need=()):
+    """A bundled split by name (train, test_fine, test_basic, test_sentiment) or a JSONL path."""
+    path = split if split.endswith(".jsonl") else os.path.join(DATA_DIR, f"{split}.jsonl")
+    return read_jsonl(path, need)
+
+
+def read_name_column_csv(path, column):
+    """{name: value} from a CSV with the columns `name` and `column` (UTF-8, a BOM is allowed);
+    errors name the file and row: bytes that are not UTF-8, a quote left open, a row with more
+    fields than the header (an unquoted comma inside the words), an empty or repeated name."""
+    try:
+        data = open(path, "rb").read()
+    except OSError as e:
+        raise SystemExit(f"{path}: cannot open ({e.strerror})")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise SystemExit(f"{path}, line {line}: not UTF-8 (byte {data[e.start:e.start + 1]!r}); save the file as UTF-8")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        rows = list(reader)
+    except csv.Error as e:
+        raise SystemExit(f"{path}, line {reader.line_num}: {e}: a quote opened there is never closed")
+    header = [h.strip() for h in rows[0]] if rows else []
+    if "name" not in header or column not in header:
+        raise SystemExit(f"{path}: needs the columns name,{column}; found {header}")
+    out = {}
+    for i, row in enumerate(rows[1:], start=2):
+        if not any(f.strip() for f in row):
+            continue
+        if len(row) != len(header):
+            raise SystemExit(f"{path}, row {i}: {len(row)} fields for a header of {len(header)}; put words that "
+                             f"contain commas in quotes, e.g. s1,\"happy, joyful\"")
+        row = dict(zip(header, row))
+        name = row["name"].strip()
+        if not name:
+            raise SystemExit(f"{path}, row {i}: empty name; every row needs the sample's name")
+        if name in out:
+            raise SystemExit(f"{path}, row {i}: name {name!r} appears twice; keep one row per sample")
+        out[name] = row[column]
+    if not out:
+        raise SystemExit(f"{path}: no rows")
+    return out
+
+
+def _read_csv(path, columns):
+    """Rows of a CSV as dicts, checking the header; errors name the file."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"{path}: no such file")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise SystemExit(f"{path}: missing column(s) {', '.join(missing)}; found {reader.fieldnames}")
+        return [(i, row) for i, row in enumerate(reader, start=2)]
+
+
+def _csv_column(path, column):
+    """{name: value of column}; empty names and duplicates are errors naming file and row."""
+    out = {}
+    for i, row in _read_csv(path, ["name", column]):
+        name = (row["name"] or "").strip()
+        if not name:
+            raise SystemExit(f"{path}, row {i}: empty name")
+        if name in out:
+            raise SystemExit(f"{path}, row {i}: name {name!r} appears twice")
+        out[name] = (row[column] or "").strip()
+    return out
+
+
+def _media(root, folder, name, exts):
+    for ext in exts:
+        path = os.path.join(root, folder, name + ext)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _attach_media(samples, root, skip_missing_media, need_audio=True):
+    """Add video_path/audio_path; a missing file is an error unless skip_missing_media."""
+    kept, skipped = [], []
+    for s in samples:
+        video = _media(root, "video", s["name"], (".mp4", ".avi", ".mkv"))
+        audio = _media(root, "audio", s["name"], (".wav", ".flac", ".mp3")) if need_audio else None
+        missing = [f"video/{s['name']}.mp4" if video is None else None,
+                   f"audio/{s['name']}.wav" if need_audio and audio is None else None]
+        missing = [m for m in missing if m]
+        if missing:
+            if not skip_missing_media:
+                raise SystemExit(f"{root}: sample {s['name']!r} has no {' / '.join(missing)}; "
+                                 f"add the file, or pass --skip_missing_media=True to skip such samples")
+            skipped.append(s["name"])
+            continue
+        s["video_path"] = video
+        if audio:
+            s["audio_path"] = audio
+        kept.append(s)
+    if skipped:
+        print(f"{root}: skipped {len(skipped)} samples with missing media (first: {', '.join(skipped[:3])})",
+              file=sys.stderr)
+    return kept
+
+
+def load_mercaptionplus(root, skip_missing_media=False, media=True):
+    """MER-Caption+ training pool: track2 (openset) + track3 (reason) + subtitles + media paths."""
+    openset = _csv_column(os.path.join(root, "track2_train_mercaptionplus.csv"), "openset")
+    reason = _csv_column(os.path.join(root, "track3_train_mercaptionplus.csv"), "reason")
+    subtitle = _csv_column(os.path.join(root, "subtitle_chieng.csv"), "english")
+    samples = []
+    for name, labels in openset.items():
+        words = wheel.string_to_list(labels)
+        if not words:
+            raise SystemExit(f"{root}/track2_train_mercaptionplus.csv: sample {name!r} has no emotion words")
+        samples.append({"name": name, "subtitle": subtitle.get(name, ""), "openset": ", ".join(words),
+                        "reason": reason.get(name, "")})
+    return _attach_media(samples, root, skip_missing_media) if media else samples
+
+
+def load_ovmerd(root, skip_missing_media=False, media=True):
+    """OV-MERD+: ovlabel.csv (name, openset), subtitle_eng.csv (name, sentence), video/."""
+    labels = _csv_column(os.path.join(root, "ovlabel.csv"), "openset")
+    subtitle = _csv_column(os.path.join(root, "subtitle_eng.csv"), "sentence")
+    samples = [{"name": n, "subtitle": subtitle.get(n, ""), "openset": ", ".join(wheel.string_to_list(v))}
+               for n, v in labels.items()]
+    return _attach_media(samples, root, skip_missing_media, need_audio=False) if media else samples
+
+
+# MER-UniBench basic-emotion and sentiment sets: label file, key, and the names of integer labels.
+UNIBENCH = {
+    "mer2023": ("label-6way.npz", "test1_corpus", None),
+    "mer2024": ("label-6way.npz", "test1_corpus", None),
+    "meld": ("label.npz", "test_corpus", ["anger", "joy", "sadness", "neutral", "disgust", "fear", "surprise"]),
+    "iemocap": ("label_4way.npz", "whole_corpus", ["happy", "sad", "neutral", "anger"]),
+    "mosi": ("label.npz", "test_corpus", None), "mosei": ("label.npz", "test_corpus", None),
+    "sims": ("label.npz", "test_corpus", None), "simsv2": ("label.npz", "test_corpus", None),
+}
+
+
+def load_unibench(root, dataset, skip_missing_media=False, media=True):
+    """A MER-UniBench basic (`emo`) or sentiment (`val`) set: npz labels + transcripts + media.
+    IEMOCAP keeps Session 5 (its test set)."""
+    import numpy as np
+    if dataset not in UNIBENCH:
+        raise SystemExit(f"unknown MER-UniBench set {dataset!r}; known: {', '.join(UNIBENCH)}")
+    file, key, names = UNIBENCH[dataset]
+    path = os.path.join(root, file)
+    if not os.path.isfile(path):
+        raise SystemExit(f"{path}: no such file")
+    try:
+        corpus = np.load(path, allow_pickle=True)[key].tolist()
+    except KeyError:
+        raise SystemExit(f"{path}: no key {key!r}")
+    if not isinstance(corpus, dict):
+        raise SystemExit(f"{path}: {key} must hold a dict name -> {{'emo': ...}} or {{'val': ...}}")
+    transcript_path = os.path.join(root, "transcription-engchi-polish.csv")
+    text = _csv_column(transcript_path, "english") if os.path.isfile(transcript_path) else {}
+    samples = []
+    for name, label in corpus.items():
+        if dataset == "iemocap" and not str(name).startswith("Ses05"):
+            continue
+        where = f"{path}, sample {name!r}"
+        if not isinstance(label, dict) or not ({"emo", "val"} & set(label)):
+            raise SystemExit(f"{where}: label must be a dict with 'emo' or 'val', got {label!r}")
+        s = {"name": str(name), "subtitle": text.get(str(name), "")}
+        if "emo" in label:
+            emo = label["emo"]
+            if names is not None:
+                if not (isinstance(emo, (int, np.integer)) and 0 <= emo < len(names)):
+                    raise SystemExit(f"{where}: emo must be an integer 0..{len(names) - 1}, got {emo!r}")
+                emo = names[int(emo)]
+            s["basic"] = s["openset"] = str(emo).strip().lower()
+        else:
+            try:
+                s["valence"] = float(label["val"])
+            except (TypeError, ValueError):
+                raise SystemExit(f"{where}: val must be a number, got {label['val']!r}")
+        samples.append(s)
+    if not samples:
+        raise SystemExit(f"{path}: no samples")
+    return _attach_media(samples, root, skip_missing_media) if media else samples
+
+
+TASKS = ("fine", "basic", "sentiment")  # a `TASK:` prefix on a split names how evaluate.py scores it
+
+
+def load_samples(spec, skip_missing_media=False, need=()):
+    """Samples from a spec: a bundled split (`train`, `test_fine`, ...), a `.jsonl` path, or a real
+    layout written `KIND:DIR` with KIND mercaptionplus, ovmerd or a MER-UniBench set (mer2023, meld, ...).
+    A `TASK:` prefix (fine, basic, sentiment) only tells evaluate.py how to score. Every sample is
+    checked (check_sample), with the fields of `need` required non-empty."""
+    kind, sep, root = spec.partition(":")
+    if kind in TASKS:
+        return load_samples(root, skip_missing_media, need)
+    if not sep or spec.endswith(".jsonl"):
+        return load_split(spec, need)
+    if kind == "mercaptionplus":
+        samples = load_mercaptionplus(root, skip_missing_media)
+    elif kind == "ovmerd":
+        samples = load_ovmerd(root, skip_missing_media)
+    elif kind in UNIBENCH:
+        samples = load_unibench(root, kind, skip_missing_media)
+    else:
+        raise SystemExit(f"unknown data spec {spec!r}: use a split name, a .jsonl file, KIND:DIR with KIND in "
+                         f"mercaptionplus, ovmerd, {', '.join(UNIBENCH)}, or TASK:SPEC with TASK in {', '.join(TASKS)}")
+    for s in samples:
+        check_sample(s, root, need)
+    return samples
+
+
+# How evaluate.py scores a split: MER-UniBench's sets by name, bundled splits by their suffix
+UNIBENCH_TASK = {"ovmerd": "fine", "mer2023": "basic", "mer2024": "basic", "meld": "basic", "iemocap": "basic",
+                 "mosi": "sentiment", "mosei": "sentiment", "sims": "sentiment", "simsv2": "sentiment"}
+
+
+def split_name(spec):
+    """A short name for a split spec (it names the prediction files): the kind of KIND:DIR, the
+    file name of a .jsonl, or the bundled split with `/` as `_` (goemotions/test_fine ->
+    goemotions_test_fine)."""
+    if spec.endswith(".jsonl"):
+        return os.path.splitext(os.path.basename(spec))[0]
+    return spec.partition(":")[0].replace("/", "_")
+
+
+def task_of(spec, samples):
+    """fine | basic | sentiment: a `TASK:` prefix says it; else the MER-UniBench set's task, or a
+    bundled split's suffix (test_basic, goemotions/test_sentiment, ...); else the samples' fields
+    (only `valence`, no `openset`: sentiment; else fine)."""
+    prefix = spec.partition(":")[0]
+    if prefix in TASKS:
+        return prefix
+    if ":" in spec and prefix in UNIBENCH_TASK:
+        return UNIBENCH_TASK[prefix]
+    if ":" not in spec and not spec.endswith(".jsonl"):
+        for task in TASKS:
+            if spec.endswith("_" + task):
+                return task
+    return "sentiment" if all("openset" not in s for s in samples) else "fine"
+
+
+def label_categories(sample, wheels, ks):
+    """The level-1 categories of a sample's `openset` labels, one set per wheel in `ks` (the
+    ground truth G of the rewards)."""
+    return [wheel.map_words(wheel.split_words(sample["openset"]), wheels, k) for k in ks]
+
+
+UNMAPPED_WARN = 0.10  # above this share of unmapped label words, the real-data report warns
+
+
+def report_unmapped(spec, samples, wheels):
+    """For a real layout (`KIND:DIR`): print once the share of label words that the wheels map to
+    nothing (they are invisible to the rewards and the metrics), warn above UNMAPPED_WARN with the
+    fix, and return the share; None for bundled splits and .jsonl files."""
+    if ":" not in spec or spec.endswith(".jsonl"):
+        return None
+    share, unmapped = wheel.coverage([wheel.string_to_list(s["openset"]) for s in samples if s.get("openset")], wheels)
+    top = ", ".join(w for w, _ in sorted(unmapped.items(), key=lambda t: -t[1])[:8])
+    print(f"{spec}: {100 * share:.1f}% of the label words map to nothing in the wheels of {wheels.source}"
+          + (f" (most frequent: {top})" if top else ""), file=sys.stderr)
+    if share > UNMAPPED_WARN:
+        print(f"warning: {spec}: over {100 * UNMAPPED_WARN:.0f}% of the label words are invisible to the rewards and "
+              f"metrics; extend data/wheels (python wheel.py --coverage=LABELS.csv lists them) or pass "
+              f"--wheels=DIR with the official MER-UniBench files", file=sys.stderr)
+    return share
+
+
+def select(samples, skip=0, take=0, seed=0):
+    """A fixed random subset: shuffle with `seed`, drop the first `skip`, keep `take` (0: all).
+    SFT takes the first N (take=N) and GRPO the rest (skip=N), as in the paper's split."""
+    if not skip and not take:
+        return samples
+    order = list(samples)
+    random.Random(seed).shuffle(order)
+    order = order[skip:]
+    return order[:take] if take else order
+
+
+def batch_at(samples, position, count, seed, rank=0, world=1):
+    """(position, sample) pairs for data positions position .. position + count - 1 of an endless
+    stream that visits the samples in a fixed shuffle per epoch; this process keeps every
+    world-th one from `rank`. It depends on (position, seed) only, so a resumed run sees the
+    same batches."""
+    out, orders = [], {}
+    for p in range(position + rank, position + count, world):
+        epoch, i = divmod(p, len(samples))
+        if epoch not in orders:
+            orders[epoch] = list(range(len(samples)))
+            random.Random(seed + epoch).shuffle(orders[epoch])
+        out.append((p, samples[orders[epoch][i]]))
+    return out
+

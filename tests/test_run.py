@@ -1,0 +1,61 @@
+import json
+import os
+
+import pytest
+
+import mer.checkpoints, mer.data, mer.inputs, mer.models, mer.prompts, mer.run
+
+TOK = mer.models.tiny_tokenizer()
+SAMPLE = {"name": "s1", "video": "Ann smiles.", "audio": "Ann speaks with a bright tone.", "subtitle": "We won!",
+          "openset": "happy, excited", "reason": "She smiles and her voice is bright."}
+
+
+def test_configure_overrides_and_errors(tmp_path):
+    config = {"LR": 1e-5, "STEPS": 10, "MODEL": "smollm2", "BF16": False, "INIT": None}
+    path = tmp_path / "c.py"
+    path.write_text("LR = 2e-5\nsteps = 3\n")
+    mer.run.configure(config, [str(path), "--model=tiny", "--steps=7", "--bf16=True", "--init=out/x", "--lr=1"])
+    assert config == {"LR": 1.0, "STEPS": 7, "MODEL": "tiny", "BF16": True, "INIT": "out/x"}
+    with pytest.raises(SystemExit, match="unknown setting 'lrr'"):
+        mer.run.configure(config, ["--lrr=1"])
+    with pytest.raises(SystemExit, match="steps must be of type int"):
+        mer.run.configure(config, ["--steps=0.5"])
+    with pytest.raises(SystemExit, match="write --lr=VALUE"):
+        mer.run.configure(config, ["--lr"])
+    with pytest.raises(SystemExit, match="not found"):
+        mer.run.configure(config, ["nofile.py"])
+
+
+def test_lr_schedule():
+    assert mer.run.lr_at(0, 1.0, 4, 20) == 0.25
+    assert mer.run.lr_at(3, 1.0, 4, 20) == 1.0
+    assert mer.run.lr_at(4, 1.0, 4, 20) == pytest.approx(1.0)
+    assert mer.run.lr_at(20, 1.0, 4, 20, min_ratio=0.1) == pytest.approx(0.1)
+    assert mer.run.lr_at(12, 1.0, 4, 20, min_ratio=0.0) == pytest.approx(0.5)
+
+
+def test_resume_truncates_both_logs(tmp_path):
+    for name in ("log.jsonl", "completions.jsonl"):
+        (tmp_path / name).write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3, 2, 3)))
+    mer.run.truncate_log(str(tmp_path), 2)
+    for name in ("log.jsonl", "completions.jsonl"):
+        assert [json.loads(line)["step"] for line in open(tmp_path / name)] == [1, 2, 2]
+
+
+@pytest.mark.parametrize("script", ["train_sft.py", "train_grpo.py", "evaluate.py", "predict.py", "bench/bandwidth.py",
+                                    "bench/trl_grpo.py"])
+def test_scripts_set_the_openmp_wait_policy_before_torch_loads(script):
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads: the default must be set before the first
+    import outside the standard library (bench/RESULTS.md, 'A shared CPU')."""
+    import ast
+    import sys
+    tree = ast.parse(open(os.path.join(os.path.dirname(os.path.dirname(__file__)), script)).read())
+    first_import, setdefault = None, None
+    for node in tree.body:
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                 [node.module] if isinstance(node, ast.ImportFrom) else [])
+        if first_import is None and any(n.split(".")[0] not in sys.stdlib_module_names for n in names):
+            first_import = node.lineno
+        if setdefault is None and "OMP_WAIT_POLICY" in ast.unparse(node) and "setdefault" in ast.unparse(node):
+            setdefault = node.lineno
+    assert setdefault is not None and first_import is not None and setdefault < first_import, (setdefault, first_import)
