@@ -5,6 +5,7 @@
     python experiments/ablation.py --report     # only rewrite RESULTS.md from the finished runs
     python experiments/ablation.py --variants=baseline,mer_r1 --seeds=1   # a subset (e.g. one per core)
     python experiments/ablation.py --jobs=12 --threads=1   # 12 runs at a time (e.g. on one GPU)
+    python experiments/ablation.py --recipe=real --variants=baseline,rd,rd_ad,mer_r1   # GoEmotions
 
 Resumable: every finished run leaves `RUNS/NAME/result.json` and is skipped next time; an
 interrupted run continues from its last checkpoint (train_grpo.py resumes by itself), and a run
@@ -23,17 +24,20 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from mer import configure, pid_alive  # noqa: E402
+from mer.run import configure, pid_alive  # noqa: E402
 
-RUNS = "experiments/runs"
+RECIPE = "template"                # template: our generator's data; real: GoEmotions (configs/real_*.py)
 RESULTS = "experiments/RESULTS.md"
-SFT_CONFIG = "configs/cpu_rl_sft.py"
-GRPO_CONFIG = "configs/cpu_rl.py"
 VARIANTS = "baseline,mer_r1,rd_ad,rd,a1,a2,b1,b2"  # table rows in this order
 SEEDS = "0,1,2"
-FINE = "test_fine"                 # EW-F1, P, R, fast and slow, with the Section-3 diagnostics
-OTHER = "test_basic,test_sentiment"  # HIT and WAF
-OTHER_SAMPLES = 50                 # per split of OTHER (0: all 300)
+OTHER_SAMPLES = 50                 # per split of OTHER (0: all)
+# per recipe: runs folder, SFT and GRPO configs, FINE (EW-F1, P, R, fast and slow, with the Section-3
+# diagnostics), OTHER (HIT and WAF), and the marker of its table in RESULTS
+RECIPES = {"template": ("experiments/runs", "configs/cpu_rl_sft.py", "configs/cpu_rl.py", "test_fine",
+                        "test_basic,test_sentiment", "table"),
+           "real": ("experiments/runs_real", "configs/real_sft.py", "configs/real_rl.py", "goemotions/test_fine",
+                    "goemotions/test_basic,goemotions/test_sentiment", "table real")}
+RUNS, SFT_CONFIG, GRPO_CONFIG, FINE, OTHER, MARKER = RECIPES[RECIPE]  # set again from --recipe
 EVAL_BATCH = 32
 THREADS = 0                        # per training / evaluation process (0: torch's default)
 JOBS = 1                           # runners at a time, sharing RUNS (one GPU holds ~12 SmolLM2 runs)
@@ -388,6 +392,9 @@ def report():
 if __name__ == "__main__":
     # bare --plan / --report read as --plan=True / --report=True
     configure(globals(), [a + "=True" if a in ("--plan", "--report") else a for a in sys.argv[1:]])
+    if RECIPE not in RECIPES:
+        raise SystemExit(f"--recipe={RECIPE!r}: choose {' or '.join(RECIPES)}")
+    RUNS, SFT_CONFIG, GRPO_CONFIG, FINE, OTHER, MARKER = RECIPES[RECIPE]
     if PLAN:
         plan()
     else:
@@ -398,9 +405,11 @@ if __name__ == "__main__":
         table = report()
         # the generated part sits between two markers; the text around it is written by hand
         path = os.path.join(ROOT, RESULTS)
-        old = open(path).read() if os.path.isfile(path) else "# Results\n\n<!-- table -->\n<!-- /table -->\n"
-        head, _, rest = old.partition("<!-- table -->")
-        tail = rest.partition("<!-- /table -->")[2]
+        old = open(path).read() if os.path.isfile(path) else "# Results\n"
+        if f"<!-- {MARKER} -->" not in old:
+            old += f"\n<!-- {MARKER} -->\n<!-- /{MARKER} -->\n"
+        head, _, rest = old.partition(f"<!-- {MARKER} -->")
+        tail = rest.partition(f"<!-- /{MARKER} -->")[2]
         with open(path, "w") as f:
-            f.write(head + "<!-- table -->\n" + table + "<!-- /table -->" + tail)
+            f.write(head + f"<!-- {MARKER} -->\n" + table + f"<!-- /{MARKER} -->" + tail)
         print(table)

@@ -34,6 +34,29 @@ def read_only(cache):
     return cache
 
 
+def with_room(cache, extra):
+    """`cache` changed so that its next `extra` positions are written into room reserved now: a
+    decoding step then writes one position per layer, where appending by concatenation copies the
+    whole cache (a quarter of a step's time at 8 rows of SmolLM2). Row selection acts on the room."""
+    for layer in cache.layers:
+        b, h, t, d = layer.keys.shape
+        room = {"k": layer.keys.new_empty(b, h, t + extra, d), "v": layer.values.new_empty(b, h, t + extra, d), "n": t}
+        room["k"][:, :, :t], room["v"][:, :, :t] = layer.keys, layer.values
+
+        def update(keys, values, *args, layer=layer, room=room, **kwargs):
+            n = room["n"] + keys.shape[-2]
+            room["k"][:, :, room["n"]:n], room["v"][:, :, room["n"]:n], room["n"] = keys, values, n
+            layer.keys, layer.values = room["k"][:, :, :n], room["v"][:, :, :n]
+            return layer.keys, layer.values
+
+        def select(indices, layer=layer, room=room):
+            room["k"], room["v"] = room["k"][indices], room["v"][indices]
+            layer.keys, layer.values = room["k"][:, :, :room["n"]], room["v"][:, :, :room["n"]]
+
+        layer.update, layer.batch_select_indices = update, select
+    return cache
+
+
 def prompt_cache(model, ids, mask, media=None, n=1):
     """(KV cache, positions): the cache of left-padded prompts without their last token, for n rows
     per prompt, and the rope position of that last token in each row. The prompts run once, not n
@@ -104,6 +127,7 @@ def sample(model, ids, mask, media, n, max_new, min_new=0, temperature=1.0, top_
     `min_new` tokens. Each step draws one uniform per row, live or not, so the same seed gives
     the same completions whichever rows have left."""
     cache, position = prompt_cache(model, ids, mask, media, n)
+    cache = with_room(cache, max_new)
     rows = len(ids) * n
     mask = mask.repeat_interleave(n, 0)
     token = ids[:, -1].repeat_interleave(n)

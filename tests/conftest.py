@@ -1,5 +1,8 @@
 import os
+import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -149,3 +152,14 @@ def assert_tracker_equals_log(out, key):
     events = EventAccumulator(os.path.join(out, "tracker")).Reload().Scalars(key)
     assert [e.step for e in events] == [row["step"] for row in logged]
     assert [e.value for e in events] == pytest.approx([row[key] for row in logged], rel=1e-6)
+
+
+@pytest.fixture(scope="session")
+def tiny_sft(tmp_path_factory):
+    """A tiny model taught the answer format for a few seconds, so that sampled groups differ."""
+    out = tmp_path_factory.mktemp("tiny_sft")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train_sft.py"), "--model=tiny", f"--out_dir={out}",
+                        "--max_samples=32", "--batch_size=8", "--max_steps=300", "--lr=3e-3", "--precision=fp32",
+                        "--save_every=1000"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return str(out / "last")

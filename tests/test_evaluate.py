@@ -262,6 +262,7 @@ class Oracle(torch.nn.Module):
 
 class RowCache:
     """The Oracle's stand-in for a KV cache: each row's tokens, repeated and selected as the engine does."""
+    layers = ()  # no keys or values to make room for
 
     def __init__(self, rows):
         self.rows = [{"ids": r, "prompt": None} for r in rows]

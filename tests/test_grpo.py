@@ -35,17 +35,6 @@ def _weights(path):
     return AutoModelForCausalLM.from_pretrained(path).state_dict()
 
 
-@pytest.fixture(scope="session")
-def tiny_sft(tmp_path_factory):
-    """A tiny model taught the answer format for a few seconds, so that sampled groups differ."""
-    out = tmp_path_factory.mktemp("tiny_sft")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "train_sft.py"), "--model=tiny", f"--out_dir={out}",
-                        "--max_samples=32", "--batch_size=8", "--max_steps=300", "--lr=3e-3", "--precision=fp32",
-                        "--save_every=1000"], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return str(out / "last")
-
-
 def test_fast_answer_on_a_known_string():
     tok = mer.models.tiny_tokenizer()
     sample = {"name": "x", "subtitle": "We won!", "openset": "happy"}
