@@ -22,7 +22,6 @@ emotion words is POSITIVE/NEGATIVE below (offline and deterministic).
 Draw the training curves of a run at any time (training.png next to the log):
     python evaluate.py --plot=out/grpo/log.jsonl
 """
-import csv
 import json
 import math
 import os
@@ -271,7 +270,7 @@ def confidence_diagnostics(tokenizer, samples, teacher, task, wheels):
         if found is None:
             continue
         words, lp = found
-        gt_words = label_words(s, task)
+        gt_words = data.label_words(s, task)
         per_wheel = [answer_confidences(lp, [tables[(k, w.space)] for w in words], wheel.map_words(gt_words, wheels, k))
                      for k in range(len(wheels.level1))]
         per_wheel = [p for p in per_wheel if p is not None]
@@ -282,11 +281,6 @@ def confidence_diagnostics(tokenizer, samples, teacher, task, wheels):
             "margin": sum(margin) / len(margin) if margin else None, "n_confidence": len(conf_gt)}
 
 
-def label_words(sample, task):
-    """The ground-truth words of a sample: its basic label for basic tasks, else its openset."""
-    return wheel.split_words(sample.get("basic") or sample["openset"] if task == "basic" else sample["openset"])
-
-
 def score(task, preds, samples, wheels, sentiments=None):
     """Scores of one split in percent: fine -> f1/precision/recall; basic -> hit/f1; sentiment -> waf.
     `preds` {name: [words]}; `sentiments` {name: -1/0/1} overrides the wheel mapping (judge)."""
@@ -294,7 +288,7 @@ def score(task, preds, samples, wheels, sentiments=None):
     if task == "sentiment":
         scores = [sentiments[n] if sentiments else sentiment_score(preds.get(n, []), wheels) for n in names]
         return {"waf": waf(scores, [s["valence"] for s in samples]), "n": len(names)}
-    labels = {s["name"]: label_words(s, task) for s in samples}
+    labels = {s["name"]: data.label_words(s, task) for s in samples}
     if task == "basic":
         h = hit_rate(preds, labels, wheels)
         return {"hit": h["hit"], "f1": ew_scores(preds, labels, wheels)["f1"], "n": len(names),
@@ -302,16 +296,6 @@ def score(task, preds, samples, wheels, sentiments=None):
     s = ew_scores(preds, labels, wheels)
     return {"f1": s["f1"], "precision": s["precision"], "recall": s["recall"], "n": len(names),
             "n_scored_per_wheel": s["n_per_wheel"]}
-
-
-def write_csv(path, header, rows):
-    """Write a CSV atomically (temp file, then rename)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def main_metric(task):
@@ -375,10 +359,10 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
             bad = [s["name"] for s in samples if "valence" not in s]
             if bad:
                 raise SystemExit(f"{spec}: sentiment samples need 'valence'; {bad[0]!r} has none")
-            write_csv(os.path.join(out_dir, f"labels_{name}.csv"), ["name", "valence"],
+            data.write_csv(os.path.join(out_dir, f"labels_{name}.csv"), ["name", "valence"],
                       [[s["name"], s["valence"]] for s in samples])
         else:
-            write_csv(os.path.join(out_dir, f"labels_{name}.csv"), ["name", "openset"],
+            data.write_csv(os.path.join(out_dir, f"labels_{name}.csv"), ["name", "openset"],
                       [[s["name"], s.get("basic") or s["openset"] if task == "basic" else s["openset"]] for s in samples])
         results[name] = {"task": task} if unmapped is None else {"task": task, "unmapped_label_words": unmapped}
         for mode in modes:
@@ -389,7 +373,7 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
                                           diagnose, f"{name} {mode}")
             texts = generation.completion_texts(tokenizer, [c for _, c, _ in outputs], mode)
             opensets = [", ".join(wheel.parse_answer(t)) for t in texts]
-            write_csv(os.path.join(out_dir, f"preds_{name}_{mode}.csv"), ["name", "openset", "mode", "text"],
+            data.write_csv(os.path.join(out_dir, f"preds_{name}_{mode}.csv"), ["name", "openset", "mode", "text"],
                       [[s["name"], o, mode, t] for s, o, t in zip(samples, opensets, texts)])
             # score exactly what the CSV holds, so the score-only command reproduces these numbers
             preds = {s["name"]: wheel.string_to_list(o) for s, o in zip(samples, opensets)}
@@ -407,7 +391,7 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
                 entry.update(confidence_diagnostics(tokenizer, samples, [t for _, _, t in outputs], task, wheels))
             results[name][mode] = entry
         if "fast" in modes and "slow" in modes and task != "sentiment":
-            labels = {s["name"]: label_words(s, task) for s in samples}
+            labels = {s["name"]: data.label_words(s, task) for s in samples}
             fast, slow = results[name]["fast"], results[name]["slow"]
             results[name]["delta_fast_minus_slow"] = {
                 k: fast["scores"][k] - slow["scores"][k] for k in ("f1", "precision", "recall", "hit")

@@ -24,20 +24,21 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from mer.data import split_name  # noqa: E402
 from mer.run import configure, pid_alive  # noqa: E402
 
 RECIPE = "template"                # template: our generator's data; real: GoEmotions (configs/real_*.py)
 RESULTS = "experiments/RESULTS.md"
 VARIANTS = "baseline,mer_r1,rd_ad,rd,a1,a2,b1,b2"  # table rows in this order
 SEEDS = "0,1,2"
-OTHER_SAMPLES = 50                 # per split of OTHER (0: all)
 # per recipe: runs folder, SFT and GRPO configs, FINE (EW-F1, P, R, fast and slow, with the Section-3
-# diagnostics), OTHER (HIT and WAF), and the marker of its table in RESULTS
-RECIPES = {"template": ("experiments/runs", "configs/cpu_rl_sft.py", "configs/cpu_rl.py", "test_fine",
-                        "test_basic,test_sentiment", "table"),
-           "real": ("experiments/runs_real", "configs/real_sft.py", "configs/real_rl.py", "goemotions/test_fine",
-                    "goemotions/test_basic,goemotions/test_sentiment", "table real")}
-RUNS, SFT_CONFIG, GRPO_CONFIG, FINE, OTHER, MARKER = RECIPES[RECIPE]  # set again from --recipe
+# diagnostics) and how many of its samples (0: all), OTHER (HIT and WAF) and how many samples of each,
+# and the marker of its table in RESULTS
+RECIPES = {"template": ("experiments/runs", "configs/cpu_rl_sft.py", "configs/cpu_rl.py", "test_fine", 0,
+                        "test_basic,test_sentiment", 50, "table"),
+           "real": ("experiments/runs_real", "configs/real_sft.py", "configs/real_rl.py", "goemotions/test_fine", 1000,
+                    "goemotions/test_basic,goemotions/test_sentiment", 300, "table real")}
+RUNS, SFT_CONFIG, GRPO_CONFIG, FINE, FINE_SAMPLES, OTHER, OTHER_SAMPLES, MARKER = RECIPES[RECIPE]  # again after --recipe
 EVAL_BATCH = 32
 THREADS = 0                        # per training / evaluation process (0: torch's default)
 JOBS = 1                           # runners at a time, sharing RUNS (one GPU holds ~12 SmolLM2 runs)
@@ -79,12 +80,12 @@ def evaluate(ckpt, out, log):
     """Slow and fast on FINE (diagnostics on), then OTHER in both modes on OTHER_SAMPLES each."""
     py, threads = sys.executable, [f"--threads={THREADS}"] if THREADS else []
     common = [f"--ckpt={ckpt}", "--grpo_log=", f"--batch_size={EVAL_BATCH}", *threads]
-    sh([py, "evaluate.py", f"--splits={FINE}", f"--out_dir={out}/fine", *common], log)
+    sh([py, "evaluate.py", f"--splits={FINE}", f"--out_dir={out}/fine", f"--max_samples={FINE_SAMPLES}", *common], log)
     sh([py, "evaluate.py", f"--splits={OTHER}", f"--out_dir={out}/other", "--diagnostics=False",
         f"--max_samples={OTHER_SAMPLES}", *common], log)
-    fine = json.load(open(os.path.join(ROOT, out, "fine", "summary.json")))["results"]
-    other = json.load(open(os.path.join(ROOT, out, "other", "summary.json")))["results"]
-    return {**fine, **other}
+    results = {**json.load(open(os.path.join(ROOT, out, "fine", "summary.json")))["results"],
+               **json.load(open(os.path.join(ROOT, out, "other", "summary.json")))["results"]}
+    return {spec: results[split_name(spec)] for spec in [FINE, *OTHER.split(",")]}  # keyed as FINE and OTHER
 
 
 def train(name, kind, variant, seed, log):
@@ -394,7 +395,7 @@ if __name__ == "__main__":
     configure(globals(), [a + "=True" if a in ("--plan", "--report") else a for a in sys.argv[1:]])
     if RECIPE not in RECIPES:
         raise SystemExit(f"--recipe={RECIPE!r}: choose {' or '.join(RECIPES)}")
-    RUNS, SFT_CONFIG, GRPO_CONFIG, FINE, OTHER, MARKER = RECIPES[RECIPE]
+    RUNS, SFT_CONFIG, GRPO_CONFIG, FINE, FINE_SAMPLES, OTHER, OTHER_SAMPLES, MARKER = RECIPES[RECIPE]
     if PLAN:
         plan()
     else:

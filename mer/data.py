@@ -310,6 +310,21 @@ def label_categories(sample, wheels, ks):
     return [wheel.map_words(wheel.split_words(sample["openset"]), wheels, k) for k in ks]
 
 
+def label_words(sample, task):
+    """The ground-truth words of a sample: its basic label for basic tasks, else its openset."""
+    return wheel.split_words(sample.get("basic") or sample["openset"] if task == "basic" else sample["openset"])
+
+
+def write_csv(path, header, rows):
+    """Write a CSV atomically (temp file, then rename)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
 UNMAPPED_WARN = 0.10  # above this share of unmapped label words, the real-data report warns
 
 

@@ -1,0 +1,24 @@
+# GRPO on real data: GoEmotions training comments (real Reddit text, data/goemotions/), their labels
+# only, from the default SFT (configs/real_sft.py). 8 prompts x G = 4 completions per step, taken as
+# 4 micro-batches of 2, 20 steps, lr 1e-5 after 5 warmup steps, temperature 0.7: the template
+# recipe of configs/cpu_rl.py (whose choices RESULTS.md explains), on other data.
+#   python train_sft.py configs/real_sft.py && python train_grpo.py configs/real_rl.py
+#   python evaluate.py --ckpt=out/grpo_real/last --splits=goemotions/test_fine --max_samples=1000
+# Tuned on goemotions/dev_fine only (experiments/RESULTS.md, "Real data").
+OUT_DIR = "out/grpo_real"
+INIT = "out/sft/last"
+TRAIN = "goemotions/train"
+SKIP_SAMPLES = 0          # the SFT never saw these comments
+VARIANT = "mer_r1"
+PROMPTS = 2
+GRAD_ACCUM = 4
+G = 4
+MAX_STEPS = 20
+LR = 1e-5
+WARMUP_STEPS = 5
+BETA = 0.04
+TEMPERATURE = 0.7
+MAX_NEW_TOKENS = 128
+SAVE_EVERY = 10
+VAL_SAMPLES = 100         # held out of the training comments, scored greedily at steps 0, 10, 20
+VAL_EVERY = 10
