@@ -109,6 +109,7 @@ if THREADS:
     torch.set_num_threads(THREADS)
 accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=GRAD_ACCUM,
                           log_with=log_with, project_dir=OUT_DIR)
+engine_info = run.check_engine(accelerator, GRAD_ACCUM)  # what ran, for log.jsonl
 if accelerator.state.deepspeed_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3:
     raise SystemExit("ZeRO-3 shards the policy, and this loop calls generate on the full model: use ZeRO-2 "
                      "(configs/zero2.yaml) or DDP")
@@ -241,6 +242,8 @@ if master:
     run.take_lock(OUT_DIR)
     run.truncate_log(OUT_DIR, step)  # a resumed run rewrites what came after its checkpoint
 log = open(os.path.join(OUT_DIR, "log.jsonl"), "a") if master else None
+if master:
+    log.write(json.dumps({"event": "start", "step": step, **engine_info}) + "\n")
 if unmapped is not None:
     log.write(json.dumps({"event": "data", "train": TRAIN, "unmapped_label_words": unmapped}) + "\n")
 total_steps = MAX_STEPS or EPOCHS * len(samples) // per_step
@@ -337,8 +340,7 @@ bar.close()
 # replicas must agree: every rank reports a checksum of its weights
 checksums = gather_object([sum(p.double().sum().item() for p in accelerator.unwrap_model(policy).parameters())])
 if master:
-    log.write(json.dumps({"event": "end", "step": step, "world_size": accelerator.num_processes,
-                          "param_checksums": checksums}) + "\n")
+    log.write(json.dumps({"event": "end", "step": step, **engine_info, "param_checksums": checksums}) + "\n")
     print(f"done: {step} steps, checkpoint in {OUT_DIR}/last")
 accelerator.wait_for_everyone()  # no rank tears its gloo pairs down while a peer still sends (SIGABRT at exit)
 accelerator.end_training()

@@ -74,6 +74,7 @@ if THREADS:
     torch.set_num_threads(THREADS)
 accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=GRAD_ACCUM,
                           log_with=log_with, project_dir=OUT_DIR)
+engine_info = run.check_engine(accelerator, GRAD_ACCUM)  # what ran, for log.jsonl
 device, master = accelerator.device, accelerator.is_main_process
 bf16 = run.use_bf16(PRECISION)
 torch.manual_seed(SEED)
@@ -153,6 +154,8 @@ if master:
     run.take_lock(OUT_DIR)
     run.truncate_log(OUT_DIR, step)  # a resumed run rewrites what came after its checkpoint
 log = open(os.path.join(OUT_DIR, "log.jsonl"), "a") if master else None
+if master:
+    log.write(json.dumps({"event": "start", "step": step, **engine_info}) + "\n")
 if unmapped is not None:
     log.write(json.dumps({"event": "data", "train": TRAIN, "unmapped_label_words": unmapped}) + "\n")
 bar = tqdm(total=total_steps, initial=step, desc="sft", disable=not master)

@@ -4,6 +4,7 @@ per-step timing and the logs a training run writes besides its checkpoints."""
 import ast
 import atexit
 import json
+import math
 import os
 import signal
 import sys
@@ -114,7 +115,6 @@ def use_bf16(precision):
 
 def lr_at(step, lr, warmup, total, min_ratio=0.1):
     """Linear warmup for `warmup` steps, then cosine decay to min_ratio * lr at `total`."""
-    import math
     if step < warmup:
         return lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -140,12 +140,35 @@ class Laps:
                 "cpu_s": round(time.process_time() - self.cpu, 3)}
 
 
+def check_engine(accelerator, grad_accum, environ=os.environ):
+    """The engine that runs is the one asked for, or the run stops before any model loads: a launcher
+    config that asks for DeepSpeed or FSDP (ACCELERATE_USE_DEEPSPEED / ACCELERATE_USE_FSDP) and gets
+    plain data parallel, FSDP itself (the loop runs the model's body and LM head outside its root
+    forward, which FSDP does not allow), or a gradient accumulation that differs from --grad_accum
+    (a DeepSpeed config sets its own). Returns what ran, for log.jsonl."""
+    engine = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
+    asked = [name for name, key in (("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"), ("FSDP", "ACCELERATE_USE_FSDP"))
+             if environ.get(key, "").lower() in ("1", "true")]
+    if asked and engine != asked[0]:
+        raise SystemExit(f"the accelerate config asks for {asked[0]}, but {engine} would run (accelerate enables "
+                         f"DeepSpeed and FSDP only on an accelerator here); use configs/ddp.yaml on this machine")
+    if engine == "FSDP":
+        raise SystemExit("FSDP is not supported: sampling and the log-prob passes call the model's body and LM head "
+                         "outside its root forward, which FSDP forbids; use configs/zero2.yaml (ZeRO-2) or DDP")
+    if accelerator.gradient_accumulation_steps != grad_accum:
+        raise SystemExit(f"--grad_accum={grad_accum}, but the accelerate config sets gradient accumulation to "
+                         f"{accelerator.gradient_accumulation_steps}; make them agree")
+    return {"engine": engine, "world_size": accelerator.num_processes,
+            "mixed_precision": str(accelerator.mixed_precision)}
+
+
 def clip_and_check(accelerator, parameters, loss, clip, step, out_dir):
     """Clip the gradient norm (clip 0: no clipping, the norm is still measured) and stop the run,
-    saving nothing, when the loss or the norm is not finite. Returns the norm."""
+    saving nothing, when the loss or the norm is not finite. Returns the norm (a float or None under
+    DeepSpeed, which clips inside its own step)."""
     norm = accelerator.clip_grad_norm_(parameters, clip or float("inf"))
-    if not (torch.isfinite(loss) and torch.isfinite(norm)):
-        raise SystemExit(f"step {step}: non-finite loss ({loss.item()}) or gradient norm ({float(norm)}); stopped "
+    if not (torch.isfinite(loss) and (norm is None or math.isfinite(float(norm)))):
+        raise SystemExit(f"step {step}: non-finite loss ({loss.item()}) or gradient norm ({None if norm is None else float(norm)}); stopped "
                          f"without saving, {out_dir}/last keeps the last good checkpoint")
     return norm
 

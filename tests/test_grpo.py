@@ -31,6 +31,10 @@ def _log(out):
     return [json.loads(l) for l in open(os.path.join(out, "log.jsonl"))]
 
 
+def _steps(out):
+    return [r for r in _log(out) if "event" not in r]
+
+
 def _weights(path):
     return AutoModelForCausalLM.from_pretrained(path).state_dict()
 
@@ -179,7 +183,7 @@ def test_each_variant_gives_its_advantage_in_the_run(tiny_sft, tmp_path, variant
     # variant's definition, must give the advantage the run trained with
     _run([f"--init={tiny_sft}", f"--out_dir={tmp_path}", "--max_steps=1", f"--variant={variant}", "--beta=0",
           "--log_completions_every=1", "--prompts=4", *SMALL])
-    rec = _log(tmp_path)[0]
+    rec = _steps(tmp_path)[0]
     assert math.isfinite(rec["loss"]) and rec["kl"] == 0.0
     done = [json.loads(l) for l in open(tmp_path / "completions.jsonl")]
     assert len(done) == 4 * 4 and {d["step"] for d in done} == {1}
@@ -200,13 +204,13 @@ def test_each_variant_gives_its_advantage_in_the_run(tiny_sft, tmp_path, variant
 def test_zero_variance_groups_give_zero_advantage_and_no_nan(tmp_path):
     # a random tiny model never answers: every reward is 0, every group has zero variance
     _run(["--init=tiny", f"--out_dir={tmp_path}", "--max_steps=1", "--max_new_tokens=16", *SMALL[:2], *SMALL[3:]])
-    rec = _log(tmp_path)[0]
+    rec = _steps(tmp_path)[0]
     assert rec["zero_var_groups"] == 1.0 and rec["loss"] == 0.0 and rec["grad_norm"] == 0.0
 
 
 def test_several_updates_per_batch(tiny_sft, tmp_path):
     _run([f"--init={tiny_sft}", f"--out_dir={tmp_path}", "--max_steps=1", "--updates_per_batch=3", "--lr=1e-3", *SMALL])
-    rec = _log(tmp_path)[0]
+    rec = _steps(tmp_path)[0]
     # the old log-probs stay those of the sampling policy: by the 3rd update the ratio has left 1
     # and clipping engages (both would be 0 if the old log-probs were refreshed each update)
     assert math.isfinite(rec["loss"]) and rec["kl"] > 0
@@ -259,7 +263,7 @@ def test_two_processes_stay_in_sync(tiny_sft, tmp_path):
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     _run([f"--init={tiny_sft}", f"--out_dir={tmp_path}", "--max_steps=2", "--lr=1e-4", *SMALL], launcher)
     end = _log(tmp_path)[-1]
-    assert end["event"] == "end" and end["world_size"] == 2
+    assert end["event"] == "end" and end["world_size"] == 2 and end["engine"] == "MULTI_CPU"
     assert end["param_checksums"][0] == end["param_checksums"][1]
     init_sum = sum(v.double().sum().item() for v in _weights(tiny_sft).values())
     assert end["param_checksums"][0] != pytest.approx(init_sum, abs=1e-6)
@@ -295,7 +299,7 @@ def test_non_finite_loss_stops_without_saving(tiny_sft, tmp_path):
 
 def test_grad_clip_zero_means_no_clipping(tiny_sft, tmp_path):
     _run([f"--init={tiny_sft}", f"--out_dir={tmp_path}", "--max_steps=1", "--lr=1e-3", "--grad_clip=0", *SMALL])
-    rec = _log(tmp_path)[0]
+    rec = _steps(tmp_path)[0]
     before, after = _weights(tiny_sft), _weights(tmp_path / "last")
     assert rec["grad_norm"] > 0 and any(not torch.equal(before[k], after[k]) for k in before)
 

@@ -2,6 +2,7 @@ import json
 import os
 
 import pytest
+import torch
 
 import mer.checkpoints, mer.data, mer.inputs, mer.models, mer.prompts, mer.run
 
@@ -59,3 +60,40 @@ def test_scripts_set_the_openmp_wait_policy_before_torch_loads(script):
         if setdefault is None and "OMP_WAIT_POLICY" in ast.unparse(node) and "setdefault" in ast.unparse(node):
             setdefault = node.lineno
     assert setdefault is not None and first_import is not None and setdefault < first_import, (setdefault, first_import)
+
+
+class FakeAccelerator:
+    def __init__(self, engine="MULTI_CPU", accum=1, norm=1.0):
+        from types import SimpleNamespace
+        self.distributed_type = SimpleNamespace(value=engine)
+        self.gradient_accumulation_steps, self.num_processes, self.mixed_precision = accum, 2, "no"
+        self.norm = norm
+
+    def clip_grad_norm_(self, parameters, clip):
+        return self.norm
+
+
+def test_the_engine_that_runs_is_the_one_asked_for():
+    assert mer.run.check_engine(FakeAccelerator(), 1, {}) == {"engine": "MULTI_CPU", "world_size": 2,
+                                                                "mixed_precision": "no"}
+    # a DeepSpeed config that accelerate did not enable (no CUDA here) is no longer plain DDP in silence
+    with pytest.raises(SystemExit, match="asks for DEEPSPEED, but MULTI_CPU would run"):
+        mer.run.check_engine(FakeAccelerator(), 1, {"ACCELERATE_USE_DEEPSPEED": "true"})
+    assert mer.run.check_engine(FakeAccelerator("DEEPSPEED"), 1, {"ACCELERATE_USE_DEEPSPEED": "true"})["engine"] == "DEEPSPEED"
+    with pytest.raises(SystemExit, match="asks for FSDP"):
+        mer.run.check_engine(FakeAccelerator(), 1, {"ACCELERATE_USE_FSDP": "1"})
+    with pytest.raises(SystemExit, match="FSDP is not supported"):
+        mer.run.check_engine(FakeAccelerator("FSDP"), 1, {"ACCELERATE_USE_FSDP": "true"})
+    with pytest.raises(SystemExit, match="--grad_accum=2, but the accelerate config sets gradient accumulation to 1"):
+        mer.run.check_engine(FakeAccelerator(accum=1), 2, {})
+
+
+@pytest.mark.parametrize("norm", [1.5, torch.tensor(1.5), None])
+def test_clip_and_check_takes_the_norm_deepspeed_returns(norm):
+    loss = torch.tensor(0.3)
+    assert mer.run.clip_and_check(FakeAccelerator(norm=norm), [], loss, 1.0, 1, "out") is norm
+    with pytest.raises(SystemExit, match="step 1: non-finite loss"):
+        mer.run.clip_and_check(FakeAccelerator(norm=norm), [], torch.tensor(float("nan")), 1.0, 1, "out")
+    if norm is not None:
+        with pytest.raises(SystemExit, match="non-finite"):
+            mer.run.clip_and_check(FakeAccelerator(norm=float("inf")), [], loss, 1.0, 1, "out")

@@ -17,7 +17,7 @@ def _sft(out, *args):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "train_sft.py"), f"--out_dir={out}", *TINY, *args],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
-    return [json.loads(l) for l in open(os.path.join(out, "log.jsonl"))]
+    return [r for r in map(json.loads, open(os.path.join(out, "log.jsonl"))) if "event" not in r]
 
 
 def _weights(path):
