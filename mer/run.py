@@ -173,11 +173,16 @@ def clip_and_check(accelerator, parameters, loss, clip, step, out_dir):
     return norm
 
 
+# Ctrl-C, and what schedulers send before they kill a job: Slurm SIGTERM (or the signal of
+# --signal=B:USR1@120), Kubernetes SIGTERM, a closed ssh session SIGHUP
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1")
+
+
 def interrupt_flag(out_dir):
-    """Ctrl-C at step boundaries: returns a list that the first SIGINT fills (after saying so), so
-    the loop can finish its step, save and exit; a second SIGINT leaves at once (exit 130)
-    without saving: a half-done step, its RNG state and optimizer moments, would not resume like
-    an uninterrupted run."""
+    """Stop requests at step boundaries: returns a list that the first of STOP_SIGNALS fills (after
+    saying so), so the loop can finish its step, save and exit; a second one leaves at once (exit
+    130) without saving: a half-done step, its RNG state and optimizer moments, would not resume
+    like an uninterrupted run."""
     flag = []
 
     def handler(signum, frame):
@@ -185,10 +190,11 @@ def interrupt_flag(out_dir):
             print(f"\nleft without saving: {out_dir}/last keeps the last checkpoint", file=sys.stderr)
             raise SystemExit(130)
         flag.append(True)
-        print(f"\ninterrupt: the current step finishes, then {out_dir}/last is saved (Ctrl-C again: leave at "
-              "once without saving)", file=sys.stderr)
+        print(f"\n{signal.Signals(signum).name}: the current step finishes, then {out_dir}/last is saved "
+              "(again: leave at once without saving)", file=sys.stderr)
 
-    signal.signal(signal.SIGINT, handler)
+    for name in STOP_SIGNALS:
+        signal.signal(getattr(signal, name), handler)
     return flag
 
 

@@ -316,7 +316,8 @@ def test_a_second_run_into_the_same_out_dir_is_refused(tmp_path):
     assert not (tmp_path / "lock").exists()
 
 
-def test_ctrl_c_saves_at_a_step_boundary_and_resumes_like_an_uninterrupted_run(tiny_sft, tmp_path):
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])  # Ctrl-C, and what Slurm and Kubernetes send
+def test_ctrl_c_saves_at_a_step_boundary_and_resumes_like_an_uninterrupted_run(tiny_sft, tmp_path, signum):
     import signal
     import time
     args = [f"--init={tiny_sft}", "--max_steps=4", "--lr=1e-4", "--updates_per_batch=2", *SMALL]
@@ -324,11 +325,11 @@ def test_ctrl_c_saves_at_a_step_boundary_and_resumes_like_an_uninterrupted_run(t
     cut = tmp_path / "cut"
     p = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_grpo.py"), f"--out_dir={cut}", *args],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not (cut / "log.jsonl").exists() or not open(cut / "log.jsonl").read().strip():
+    while not (cut / "log.jsonl").exists() or not _steps(cut):
         assert p.poll() is None, p.communicate()[1][-2000:]
         time.sleep(0.05)
     time.sleep(0.3)  # somewhere inside step 2
-    p.send_signal(signal.SIGINT)
+    p.send_signal(getattr(signal, signum))
     _, err = p.communicate(timeout=600)
     assert p.returncode == 130, err[-2000:]
     saved = torch.load(cut / "last" / "trainer_state.pt", weights_only=False)["step"]
