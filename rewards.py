@@ -126,17 +126,30 @@ def completion_rewards(texts, answer_words, pred, gt, subtitles):
 # ---------------------------------------------------------------------------------------
 # Group normalisation and the advantages (Eq. 5, 12, 14 and the ablations)
 
-def group_normalize(rewards, mask=None):
+def group_normalize(rewards, mask=None, scale="group"):
     """Eq. (5)/(14): (R - mean) / (std + eps) within each group (last dim), population std.
     A zero-variance group gets advantage exactly 0, never NaN. With `mask` (same shape, 1 where
     the reward exists), mean and std run over the masked entries only and the others get 0:
-    a completion without a reward is neither pushed up nor down."""
+    a completion without a reward is neither pushed up nor down. `scale` (SCALE_REWARDS):
+      "group"  divide by the group's std (GRPO, the paper)
+      "batch"  divide by the std of the rewards over the whole batch (Lite-PPO, arXiv 2508.08221:
+               group mean, batch std)
+      "none"   only subtract the group mean (Dr. GRPO, arXiv 2503.20783: no std bias)"""
     rewards = rewards.double()
     mask = torch.ones_like(rewards) if mask is None else mask.double()
     count = mask.sum(-1, keepdim=True).clamp(min=1)
     mean = (rewards * mask).sum(-1, keepdim=True) / count
     std = (((rewards - mean) ** 2 * mask).sum(-1, keepdim=True) / count).sqrt()
-    adv = (rewards - mean) / (std + EPS)
+    if scale == "group":
+        adv = (rewards - mean) / (std + EPS)
+    elif scale == "batch":
+        total = mask.sum().clamp(min=1)
+        batch_mean = (rewards * mask).sum() / total
+        adv = (rewards - mean) / ((((rewards - batch_mean) ** 2 * mask).sum() / total).sqrt() + EPS)
+    elif scale == "none":
+        adv = rewards - mean
+    else:
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', not {scale!r}")
     return torch.where((std > ZERO_STD) & (mask > 0), adv, torch.zeros_like(adv)).float()
 
 
@@ -149,9 +162,9 @@ def fill_missing(rewards, mask):
     return torch.where(mask > 0, rewards, mean.expand_as(rewards)).float()
 
 
-def dual_advantage(r_recall, r_precision):
+def dual_advantage(r_recall, r_precision, scale="group"):
     """Eq. (5): A_dual = A_R + A_P, each group-normalised on its own."""
-    return group_normalize(r_recall) + group_normalize(r_precision)
+    return group_normalize(r_recall, None, scale) + group_normalize(r_precision, None, scale)
 
 
 def total_advantage(a_dual, a_cali, a_fmt, lam_cali, lam_fmt):
@@ -159,7 +172,7 @@ def total_advantage(a_dual, a_cali, a_fmt, lam_cali, lam_fmt):
     return a_dual + lam_cali * a_cali + lam_fmt * a_fmt
 
 
-def advantages(variant, r, lam_cali=0.1, lam_fmt=0.1):
+def advantages(variant, r, lam_cali=0.1, lam_fmt=0.1, scale="group"):
     """The advantage of every ablation of Tables 4-5, from group-shaped rewards.
 
     `r` holds tensors [n_groups, G]: "recall", "precision", "f1", "format", and for the
@@ -176,15 +189,16 @@ def advantages(variant, r, lam_cali=0.1, lam_fmt=0.1):
       b1        A_dual + l_cali norm(R+ + R-) + l_fmt A_fmt                (reward-space calibration)
       b2        norm(R_R + l_cali R+) + norm(R_P + l_cali R-) + l_fmt A_fmt (mixed space)
     In b1 and b2 a missing R+ (R-) is replaced by its group's mean over the present ones
-    (fill_missing), and b1 normalises over the completions with E+ or E-."""
-    norm = group_normalize
+    (fill_missing), and b1 normalises over the completions with E+ or E-. `scale`: see group_normalize."""
+    def norm(x, mask=None):
+        return group_normalize(x, mask, scale)
     if variant == "baseline":
         return norm(r["f1"] + r["format"])
     if variant == "rd":
         return norm(r["recall"] + r["precision"] + r["format"])
     a_fmt = norm(r["format"])
     if variant == "rd_ad":
-        return dual_advantage(r["recall"], r["precision"]) + lam_fmt * a_fmt
+        return dual_advantage(r["recall"], r["precision"], scale) + lam_fmt * a_fmt
     if variant not in CALIBRATED:
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     has_pos = r.get("has_pos", torch.ones_like(r["cali_pos"]))
@@ -192,7 +206,7 @@ def advantages(variant, r, lam_cali=0.1, lam_fmt=0.1):
     pos, neg = fill_missing(r["cali_pos"], has_pos), fill_missing(r["cali_neg"], has_neg)
     if variant == "b2":
         return (norm(r["recall"] + lam_cali * pos) + norm(r["precision"] + lam_cali * neg) + lam_fmt * a_fmt)
-    a_dual = dual_advantage(r["recall"], r["precision"])
+    a_dual = dual_advantage(r["recall"], r["precision"], scale)
     if variant in ("mer_r1", "a1"):
         a_cali = norm(r["cali_pos"], has_pos) + norm(r["cali_neg"], has_neg)
     elif variant == "a2":
@@ -205,7 +219,7 @@ def advantages(variant, r, lam_cali=0.1, lam_fmt=0.1):
 def group_stats(r, adv):
     """What a step logs of its group-shaped rewards `r` and advantages `adv`: the mean of each
     reward, except R+ (R-), averaged where E+ (E-) exists, with `cali_coverage` the share of
-    completions with either; `zero_var_groups`, the share of groups whose advantages are all 0;
+    completions with either; `zero_std_groups`, the share of groups whose advantages are all 0;
     `tied_groups`, the share whose R_R, R_P and format all tie (calibration aside)."""
     out = {k: v.float().mean().item() for k, v in r.items()}
     if "has_pos" in r:
@@ -213,7 +227,7 @@ def group_stats(r, adv):
             out[key] = (r[key] * r[has]).sum().item() / max(1.0, r[has].sum().item())
         out["cali_coverage"] = ((r["has_pos"] + r["has_neg"]) > 0).float().mean().item()
     tied = torch.stack([(r[k] == r[k][:, :1]).all(1) for k in ("recall", "precision", "format")]).all(0)
-    out["zero_var_groups"] = (adv == 0).all(1).float().mean().item()
+    out["zero_std_groups"] = (adv == 0).all(1).float().mean().item()
     out["tied_groups"] = tied.float().mean().item()
     return out
 
@@ -310,35 +324,73 @@ def masked_mean(x, mask, dim=None):
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
+def importance_ratio(logp, old_logp, mask, importance="token"):
+    """The importance ratio of each completion token [B, T]: "token" r_t = pi(y_t) / pi_old(y_t)
+    (GRPO, Eq. 3); "sequence" the length-normalised sequence ratio of GSPO (arXiv 2507.18071),
+    s_i = (pi(y_i) / pi_old(y_i))^(1 / |y_i|) = exp(mean_t log r_t), the same for every token of y_i."""
+    if importance == "token":
+        return torch.exp(logp - old_logp)
+    if importance == "sequence":
+        return torch.exp(masked_mean(logp - old_logp, mask, dim=-1)).unsqueeze(-1).expand_as(logp)
+    raise ValueError(f"importance must be 'token' or 'sequence', not {importance!r}")
+
+
+def loss_rows(adv, completion, eos, mask_truncated=False, skip_tied=False):
+    """Which completions enter the loss ([B] bool), or None when all do: without the truncated
+    ones (no EOS: they hit MAX_NEW_TOKENS; DAPO, arXiv 2503.14476, masks them out of the loss) and
+    without the groups whose advantages are all 0 (`adv` [groups, G]; DAPO's dynamic sampling drops
+    them, so they do not dilute the mean and the KL term acts on the informative groups only)."""
+    if not (mask_truncated or skip_tied):
+        return None
+    keep = torch.ones(completion.shape[0], dtype=torch.bool, device=completion.device)
+    if mask_truncated:
+        keep &= (completion == eos).any(1)
+    if skip_tied:
+        keep &= (adv != 0).any(1).repeat_interleave(adv.shape[1])
+    return keep
+
+
 def grpo_loss(logp, old_logp, advantages, mask, ref_logp=None, eta=0.2, beta=0.0, aggregation="sequence",
-              max_len=None):
+              max_len=None, eta_high=0.0, importance="token", keep=None):
     """Eq. (3): L = -(1/K) sum_i min(r A, clip(r, 1-eta, 1+eta) A) + beta KL(pi_theta || pi_ref).
 
-    Per-token ratios r = exp(logp - old_logp) and per-token k3 KL, over completion tokens
-    (`mask` [B, T]); `advantages` [B] is broadcast over each completion's tokens. aggregation:
+    Per-token ratios r = exp(logp - old_logp) (importance "sequence": GSPO's, see importance_ratio)
+    and per-token k3 KL, over completion tokens (`mask` [B, T]); `advantages` [B] is broadcast over
+    each completion's tokens. `eta_high` > 0 clips from above at 1 + eta_high instead of 1 + eta
+    (DAPO's clip-higher). `keep` [B] (loss_rows): only these completions enter the loss. aggregation:
       "sequence"  mean over each completion's tokens, then over completions: the 1/K form with a
                   per-sequence token mean, which weights each token of completion i by 1/|y_i|
       "token"     one mean over all completion tokens of the batch
       "constant"  each completion's token sum divided by `max_len` (MAX_NEW_TOKENS; default the
                   width T), then the mean over completions (Dr. GRPO: no length bias)
-    Returns (loss, stats): the mean KL, the fraction of clipped tokens and the mean |ratio - 1|."""
-    ratio = torch.exp(logp - old_logp)
+    Returns (loss, stats): the mean KL, the share of tokens clipped below (A < 0) and above (A > 0)
+    and both (clip_frac), the mean |ratio - 1| and the token entropy of the sampling policy,
+    estimated as the mean of -old_logp over the sampled tokens (E_y~pi[-log pi(y)] = H(pi): no
+    full-vocabulary pass)."""
+    ratio = importance_ratio(logp, old_logp, mask, importance)
     adv = advantages.unsqueeze(-1)
-    per_token = -torch.min(ratio * adv, torch.clamp(ratio, 1 - eta, 1 + eta) * adv)
+    high = 1 + (eta_high or eta)
+    per_token = -torch.min(ratio * adv, torch.clamp(ratio, 1 - eta, high) * adv)
     kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
     if beta:
         per_token = per_token + beta * kl
-    if aggregation == "sequence":
-        loss = masked_mean(per_token, mask, dim=-1).mean()
+    rows = slice(None) if keep is None else keep
+    loss_mask = mask if keep is None else mask * keep.unsqueeze(-1).to(mask.dtype)
+    if keep is not None and not keep.any():
+        loss = (per_token * 0).sum()  # nothing to learn from this batch: a zero with a graph
+    elif aggregation == "sequence":
+        loss = masked_mean(per_token, mask, dim=-1)[rows].mean()
     elif aggregation == "token":
-        loss = masked_mean(per_token, mask)
+        loss = masked_mean(per_token, loss_mask)
     elif aggregation == "constant":
-        loss = ((per_token * mask.to(per_token.dtype)).sum(-1) / (max_len or per_token.shape[-1])).mean()
+        loss = ((per_token * mask.to(per_token.dtype)).sum(-1) / (max_len or per_token.shape[-1]))[rows].mean()
     else:
         raise ValueError(f"aggregation must be 'sequence', 'token' or 'constant', not {aggregation!r}")
-    clipped = ((ratio < 1 - eta) & (adv < 0)) | ((ratio > 1 + eta) & (adv > 0))
-    stats = {"kl": float(masked_mean(kl.detach(), mask)), "clip_frac": float(masked_mean(clipped.float(), mask)),
-             "ratio_dev": float(masked_mean((ratio.detach() - 1).abs(), mask))}
+    low_clip, high_clip = (ratio < 1 - eta) & (adv < 0), (ratio > high) & (adv > 0)
+    stats = {"kl": float(masked_mean(kl.detach(), mask)), "clip_frac": float(masked_mean((low_clip | high_clip).float(), mask)),
+             "clip_low": float(masked_mean(low_clip.float(), mask)), "clip_high": float(masked_mean(high_clip.float(), mask)),
+             "ratio_dev": float(masked_mean((ratio.detach() - 1).abs(), mask)),
+             "entropy": float(masked_mean(-old_logp.detach(), mask))}
     return loss, stats
 
 

@@ -65,6 +65,12 @@ ETA = 0.2                 # clip range of the ratio
 LAMBDA_CALI = 0.1
 LAMBDA_FMT = 0.1
 AGGREGATION = "sequence"  # sequence (mean per completion, then over them) | token | constant (Dr. GRPO)
+# options of other GRPO implementations (README, "Options"); the defaults are the paper's
+IMPORTANCE = "token"      # token | sequence (GSPO's length-normalised sequence ratio)
+ETA_HIGH = 0.0            # > 0: clip from above at 1 + ETA_HIGH (DAPO's clip-higher); 0: symmetric
+SCALE_REWARDS = "group"   # group (GRPO) | batch (Lite-PPO) | none (Dr. GRPO): what divides R - group mean
+MASK_TRUNCATED = False    # completions without EOS (cut at MAX_NEW_TOKENS) leave the loss (DAPO)
+SKIP_TIED_GROUPS = False  # groups whose advantages are all 0 leave the loss (DAPO's dynamic sampling, no resampling)
 # sampling
 TEMPERATURE = 1.0
 TOP_P = 1.0
@@ -94,6 +100,9 @@ run.check_settings([
      f"--reward_wheels={REWARD_WHEELS!r}: a comma-separated subset of 1,2,3,4,5"),
     (PRECISION in ("auto", "bf16", "fp32"), f"--precision={PRECISION!r}: choose auto, bf16 or fp32"),
     (AGGREGATION in ("sequence", "token", "constant"), f"--aggregation={AGGREGATION!r}: sequence, token or constant"),
+    (IMPORTANCE in ("token", "sequence") and SCALE_REWARDS in ("group", "batch", "none") and ETA_HIGH >= 0,
+     f"--importance={IMPORTANCE!r} (token | sequence), --scale_rewards={SCALE_REWARDS!r} (group | batch | none), "
+     f"--eta_high={ETA_HIGH} (>= 0)"),
     (not (UPDATES_PER_BATCH > 1 and GRAD_ACCUM > 1),
      "UPDATES_PER_BATCH > 1 needs GRAD_ACCUM = 1 (each micro-batch is then its own batch)"),
 ])
@@ -166,18 +175,15 @@ def logprobs(model, ids, mask, media, completion, c_mask):
 
 
 def reference_logprobs(ids, mask, media, completion, c_mask):
-    """log pi_ref of the sampled tokens (Eq. 3's KL): the reference model, or with LoRA the policy with
-    its adapters off."""
+    """log pi_ref of the sampled tokens (Eq. 3's KL): the reference, or with LoRA the policy, adapters off."""
     with torch.no_grad(), models.adapters_off(policy):
         return logprobs(policy if ref is None else ref, ids, mask, media, completion, c_mask)[0]
 
 
 def calibration(gt, fast_ids, fast_mask, media, completions, slow_hidden, head):
-    """Step 4 (Eq. 8-11): R+, R- and whether E+ / E- is non-empty, for each completion, from the slow
-    sequence (the sample itself, whose hidden states the policy pass already computed) and a teacher-forced
-    fast sequence that puts the SAME answer token ids after the fast prompt (`<think></think><answer>`),
-    with the same media. No gradient: these are rewards. A completion without a usable answer has
-    neither set (R+ = R- = 0, masked out of A+ and A-)."""
+    """Step 4 (Eq. 8-11): R+, R-, and whether E+ / E- exist, per completion, from the slow sequence (whose
+    hidden states the policy pass computed) and a teacher-forced fast one: the SAME answer ids after
+    `<think></think><answer>`, same media. No gradient: these are rewards. No usable answer: neither set."""
     built = [prompts.fast_answer(c, tokenizer) for c in completions]
     out = {k: [0.0] * len(completions) for k in ("cali_pos", "cali_neg", "has_pos", "has_neg")}
     if not any(built):
@@ -205,10 +211,11 @@ def calibration(gt, fast_ids, fast_mask, media, completions, slow_hidden, head):
     return out
 
 
-def update(logp, old_logp, adv, c_mask, ref_logp):
-    """Eq. (3) on one micro-batch, its backward and (on the last micro-batch) the clipped optimizer step:
-    (loss, its statistics, the gradient norm or None)."""
-    loss, s = rewards.grpo_loss(logp, old_logp, adv, c_mask, ref_logp, ETA, BETA, AGGREGATION, MAX_NEW_TOKENS)
+def update(logp, old_logp, adv, c_mask, ref_logp, keep):
+    """Eq. (3) on one micro-batch (the completions of `keep`, None: all), its backward and (on the last
+    micro-batch) the clipped optimizer step: (loss, its statistics, the gradient norm or None)."""
+    loss, s = rewards.grpo_loss(logp, old_logp, adv, c_mask, ref_logp, ETA, BETA, AGGREGATION, MAX_NEW_TOKENS,
+                                ETA_HIGH, IMPORTANCE, keep)
     accelerator.backward(loss)  # divides by GRAD_ACCUM
     norm = None
     if accelerator.sync_gradients:
@@ -301,19 +308,21 @@ while step < stop_at:
 
             # 5. advantages within each prompt's group (rows of G), then Eq. (3) and the optimizer step
             grouped = {k: torch.tensor(v, device=device).view(-1, G) for k, v in r.items()}
-            adv = rewards.advantages(VARIANT, grouped, LAMBDA_CALI, LAMBDA_FMT).flatten()
-            loss, s, grad_norm = update(logp, old_logp, adv, c_mask, ref_logp)
+            adv = rewards.advantages(VARIANT, grouped, LAMBDA_CALI, LAMBDA_FMT, SCALE_REWARDS).flatten()
+            keep = rewards.loss_rows(adv.view(-1, G), completion, eos, MASK_TRUNCATED, SKIP_TIED_GROUPS)
+            loss, s, grad_norm = update(logp, old_logp, adv, c_mask, ref_logp, keep)
         for _ in range(UPDATES_PER_BATCH - 1):  # the batch again: its rewards, advantages, old and reference log-probs
             with accelerator.accumulate(policy):
                 loss, s, grad_norm = update(logprobs(policy, ids, mask, media, completion, c_mask)[0], old_logp, adv,
-                                            c_mask, ref_logp)
+                                            c_mask, ref_logp, keep)
         laps.lap("fwd_bwd_s")
         if master and LOG_COMPLETIONS_EVERY and (step + 1) % LOG_COMPLETIONS_EVERY == 0:
             run.log_completions(OUT_DIR, accelerator.trackers, step + 1, rows, texts, c_mask, r, adv, micro * PROMPTS, G)
         means = rewards.group_stats(grouped, adv.view(-1, G))
         if master and calibrate and not (means["cali_coverage"] or warned_coverage):
             warned_coverage = run.warn_no_calibration(texts, step + 1)
-        stats.append({"loss": loss.item(), **s, **means, "completion_len": c_mask.sum(1).float().mean().item()})
+        stats.append({"loss": loss.item(), **s, **means, "completion_len": c_mask.sum(1).float().mean().item(),
+                      "truncated": 1 - (completion == eos).any(1).float().mean().item()})
     step += 1
     # 6. log (averaged over micro-batches and processes)
     rec = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}

@@ -6,6 +6,8 @@
     python experiments/ablation.py --variants=baseline,mer_r1 --seeds=1   # a subset (e.g. one per core)
     python experiments/ablation.py --jobs=12 --threads=1   # 12 runs at a time (e.g. on one GPU)
     python experiments/ablation.py --recipe=real --variants=baseline,rd,rd_ad,mer_r1   # GoEmotions
+    python experiments/ablation.py --recipe=real --variants=mer_r1,mer_r1+eta_high=0.28,mer_r1+importance=sequence
+                                   # a variant with train_grpo.py settings after `+`: one table row each
 
 Resumable: every finished run leaves `RUNS/NAME/result.json` and is skipped next time; an
 interrupted run continues from its last checkpoint (train_grpo.py resumes by itself), and a run
@@ -93,9 +95,10 @@ def train(name, kind, variant, seed, log):
     out, threads = f"{RUNS}/{name}", [f"--threads={THREADS}"] if THREADS else []
     if kind == "sft":
         sh([sys.executable, "train_sft.py", SFT_CONFIG, f"--out_dir={out}", *threads], log)
-    else:
-        sh([sys.executable, "train_grpo.py", GRPO_CONFIG, f"--init={RUNS}/sft/last", f"--variant={variant}",
-            f"--seed={seed}", f"--out_dir={out}", *threads], log)
+    else:  # a variant may carry settings of train_grpo.py: mer_r1+eta_high=0.28+importance=sequence
+        base, *settings = variant.split("+")
+        sh([sys.executable, "train_grpo.py", GRPO_CONFIG, f"--init={RUNS}/sft/last", f"--variant={base}",
+            *[f"--{kv}" for kv in settings], f"--seed={seed}", f"--out_dir={out}", *threads], log)
 
 
 def finished():

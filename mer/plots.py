@@ -19,6 +19,9 @@ def pyplot():
 
 TRAINING_PANELS = (("rewards", {"recall": "R_R", "precision": "R_P", "format": "format"}),
                    ("KL to the reference", {"kl": "KL"}), ("completion tokens", {"completion_len": "length"}),
+                   ("token entropy (nats)", {"entropy": "entropy"}),
+                   ("shares", {"clip_low": "clipped low", "clip_high": "clipped high", "truncated": "truncated",
+                               "zero_std_groups": "zero-std groups"}),
                    ("SFT loss", {"loss": "loss"}))
 
 
@@ -34,7 +37,7 @@ def plot_training(log, path):
         raise SystemExit(f"{log}: no training step logged yet")
     grpo = "recall" in rows[0]
     panels = [(t, {k: v for k, v in keys.items() if k in rows[0]}, rows) for t, keys in TRAINING_PANELS
-              if grpo != (t == "SFT loss")]
+              if grpo != (t == "SFT loss") and any(k in rows[0] for k in keys)]  # older logs lack some keys
     val = [r for r in records if r.get("event") == "validation"]
     if val:  # train_grpo.py --val_samples: greedy slow mode on held-out samples
         panels.append(("held-out, greedy slow (%)", {"val_f1": "EW-F1", "val_precision": "P", "val_recall": "R"}, val))

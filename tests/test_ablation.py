@@ -181,3 +181,12 @@ def test_a_finished_run_without_its_optimizer_still_verifies(tmp_path):
     assert sorted(os.listdir(ckpt)) == ["checksums.json", "model.safetensors"]
     assert mer.checkpoints.corrupt_files(str(ckpt)) == []
     assert list(json.load(open(ckpt / "checksums.json"))) == ["model.safetensors"]
+
+
+def test_a_variant_carries_train_grpo_settings_after_a_plus(monkeypatch):
+    ablation, commands = load(), []
+    monkeypatch.setattr(ablation, "sh", lambda cmd, log: commands.append(cmd))
+    ablation.train("mer_r1+eta_high=0.28+importance=sequence_s1", "grpo", "mer_r1+eta_high=0.28+importance=sequence", 1, "x")
+    cmd = commands[0]
+    assert "--variant=mer_r1" in cmd and "--eta_high=0.28" in cmd and "--importance=sequence" in cmd and "--seed=1" in cmd
+    assert [n for n, *_ in ablation.run_dirs("mer_r1,mer_r1+eta_high=0.28", "0")] == ["sft", "mer_r1_s0", "mer_r1+eta_high=0.28_s0"]

@@ -165,10 +165,10 @@ def test_one_step_changes_weights_and_logs_finite_values(tiny_sft, tmp_path):
     assert_tracker_equals_log(tmp_path, "recall")   # --log_with: the same scalars in the tracker
     for rec in steps:
         for key in ("recall", "precision", "f1", "format", "cali_pos", "cali_neg", "kl", "clip_frac",
-                    "completion_len", "zero_var_groups", "tied_groups", "cali_coverage", "generate_s", "fwd_bwd_s", "fast_s", "loss", "grad_norm"):
+                    "completion_len", "zero_std_groups", "tied_groups", "cali_coverage", "generate_s", "fwd_bwd_s", "fast_s", "loss", "grad_norm"):
             assert math.isfinite(rec[key]), key
         assert rec["ratio_dev"] == 0.0  # each batch used once: ratio 1
-    assert any(r["zero_var_groups"] < 1 for r in steps)
+    assert any(r["zero_std_groups"] < 1 for r in steps)
     before, after = _weights(tiny_sft), _weights(tmp_path / "last")
     assert any(not torch.equal(before[k], after[k]) for k in before)
     card = open(tmp_path / "last" / "README.md").read()
@@ -205,7 +205,7 @@ def test_zero_variance_groups_give_zero_advantage_and_no_nan(tmp_path):
     # a random tiny model never answers: every reward is 0, every group has zero variance
     _run(["--init=tiny", f"--out_dir={tmp_path}", "--max_steps=1", "--max_new_tokens=16", *SMALL[:2], *SMALL[3:]])
     rec = _steps(tmp_path)[0]
-    assert rec["zero_var_groups"] == 1.0 and rec["loss"] == 0.0 and rec["grad_norm"] == 0.0
+    assert rec["zero_std_groups"] == 1.0 and rec["loss"] == 0.0 and rec["grad_norm"] == 0.0
 
 
 def test_several_updates_per_batch(tiny_sft, tmp_path):

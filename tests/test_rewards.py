@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import rewards
 import rewards as R
 from conftest import reference_advantages
 
@@ -153,10 +154,10 @@ def test_group_stats_by_hand():
     assert s["cali_pos"] == pytest.approx((0.4 + 0.2 - 0.3) / 3)  # over the 3 completions with E+
     assert s["cali_neg"] == pytest.approx(0.3)                     # over the 1 with E-
     assert s["cali_coverage"] == pytest.approx(3 / 6)
-    assert (s["tied_groups"], s["zero_var_groups"]) == (0.5, 0.0)
+    assert (s["tied_groups"], s["zero_std_groups"]) == (0.5, 0.0)
     del r["cali_pos"], r["cali_neg"], r["has_pos"], r["has_neg"]   # an uncalibrated variant
     s = R.group_stats(r, t([[0, 0, 0], [1, -0.5, -0.5]]))
-    assert "cali_coverage" not in s and (s["tied_groups"], s["zero_var_groups"]) == (0.5, 0.5)
+    assert "cali_coverage" not in s and (s["tied_groups"], s["zero_std_groups"]) == (0.5, 0.5)
 
 
 def _corr(a, b):
@@ -290,6 +291,103 @@ def test_grpo_loss_ratio_one_gradient_is_advantage_weighted():
     loss.backward()
     # d/dlogp of -(1/2) sum_i mean_t(r A) at r = 1 is -A_i / (2 |y_i|)
     assert logp.grad.flatten().tolist() == pytest.approx([-0.5, -0.5, 0.5, 0.0])
-    assert stats == {"kl": 0.0, "clip_frac": 0.0, "ratio_dev": 0.0}
+    assert stats == {"kl": 0.0, "clip_frac": 0.0, "ratio_dev": 0.0, "clip_low": 0.0, "clip_high": 0.0,
+                     "entropy": pytest.approx((1.0 + 2.0 + 0.5) / 3)}   # -logp over the 3 masked-in tokens
     with pytest.raises(ValueError):
         R.grpo_loss(logp, logp, adv, mask, aggregation="batch")
+
+
+# ---------------------------------------------------------------------------------------
+# Options of other GRPO implementations (train_grpo.py: IMPORTANCE, ETA_HIGH, SCALE_REWARDS,
+# MASK_TRUNCATED, SKIP_TIED_GROUPS): hand-computed values, and defaults that change nothing
+
+def _loss_before(logp, old_logp, advantages, mask, ref_logp, eta, beta, aggregation, max_len):
+    """grpo_loss as it was before the options: the reference for the defaults."""
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages.unsqueeze(-1)
+    per_token = -torch.min(ratio * adv, torch.clamp(ratio, 1 - eta, 1 + eta) * adv)
+    kl = rewards.k3_kl(logp, ref_logp)
+    per_token = per_token + beta * kl
+    if aggregation == "sequence":
+        return rewards.masked_mean(per_token, mask, dim=-1).mean()
+    if aggregation == "token":
+        return rewards.masked_mean(per_token, mask)
+    return ((per_token * mask.to(per_token.dtype)).sum(-1) / max_len).mean()
+
+
+@pytest.mark.parametrize("aggregation", ["sequence", "token", "constant"])
+def test_the_defaults_reproduce_the_loss_bit_for_bit(aggregation):
+    g = torch.Generator().manual_seed(0)
+    logp = torch.randn(6, 9, generator=g) - 2
+    old, ref = logp + 0.3 * torch.randn(6, 9, generator=g), logp + 0.2 * torch.randn(6, 9, generator=g)
+    adv, mask = torch.randn(6, generator=g), (torch.rand(6, 9, generator=g) > 0.2).long()
+    loss, stats = rewards.grpo_loss(logp, old, adv, mask, ref, 0.2, 0.04, aggregation, 12)
+    assert torch.equal(loss, _loss_before(logp, old, adv, mask, ref, 0.2, 0.04, aggregation, 12))
+    assert stats["clip_frac"] == pytest.approx(stats["clip_low"] + stats["clip_high"])
+
+
+def test_scale_rewards_group_batch_none_by_hand():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 0.0]])
+    # group: group 1 mean 0.5, std 0.5; group 2 mean 0.75, std sqrt(3)/4
+    assert rewards.group_normalize(r)[0].tolist() == pytest.approx([0.5 / (0.5 + rewards.EPS), -0.5 / (0.5 + rewards.EPS)] * 1
+                                                                   + [-0.5 / (0.5 + rewards.EPS), 0.5 / (0.5 + rewards.EPS)])
+    # none (Dr. GRPO): only centred
+    assert rewards.group_normalize(r, scale="none").flatten().tolist() == pytest.approx(
+        [0.5, -0.5, -0.5, 0.5, 0.25, 0.25, 0.25, -0.75])
+    # batch (Lite-PPO): centred by the group, divided by the std of all 8 rewards (mean 5/8, std sqrt(15)/8)
+    std = (15 ** 0.5) / 8 + rewards.EPS
+    assert rewards.group_normalize(r, scale="batch").flatten().tolist() == pytest.approx(
+        [0.5 / std, -0.5 / std, -0.5 / std, 0.5 / std, 0.25 / std, 0.25 / std, 0.25 / std, -0.75 / std], rel=1e-6)
+    # a tied group stays 0 in every scale
+    tied = torch.tensor([[0.3, 0.3, 0.3]])
+    assert all((rewards.group_normalize(tied, scale=s) == 0).all() for s in ("group", "batch", "none"))
+    assert torch.equal(rewards.advantages("rd_ad", {"recall": r, "precision": r, "format": r}, scale="none"),
+                       2 * rewards.group_normalize(r, scale="none") + 0.1 * rewards.group_normalize(r, scale="none"))
+
+
+def test_sequence_importance_ratio_is_gspo_s():
+    logp = torch.log(torch.tensor([[0.5, 0.25, 0.9]]))
+    old = torch.log(torch.tensor([[0.25, 0.25, 0.1]]))
+    mask = torch.tensor([[1, 1, 0]])
+    # tokens 1-2 count: ratios 2 and 1, s = (2 * 1) ** (1 / 2)
+    s = rewards.importance_ratio(logp, old, mask, "sequence")
+    assert s.flatten().tolist() == pytest.approx([2 ** 0.5] * 3)
+    assert rewards.importance_ratio(logp, old, mask, "token").flatten().tolist() == pytest.approx([2.0, 1.0, 9.0])
+    # the clipped objective with s: A = 1, eta = 0.2 -> min(s, 1.2) = 1.2 for every token
+    loss, _ = rewards.grpo_loss(logp, old, torch.tensor([1.0]), mask, None, 0.2, 0.0, "sequence", importance="sequence")
+    assert loss.item() == pytest.approx(-1.2)
+
+
+def test_clip_higher_and_the_clip_shares_by_hand():
+    logp = torch.log(torch.tensor([[1.25, 1.0], [0.7, 1.0]]))   # ratios 1.25, 1.0 / 0.7, 1.0 against old = 0
+    old = torch.zeros(2, 2)
+    adv, mask = torch.tensor([1.0, -1.0]), torch.ones(2, 2)
+    # symmetric eta 0.2: 1.25 clips at 1.2 (A > 0), 0.7 at 0.8 (A < 0)
+    loss, s = rewards.grpo_loss(logp, old, adv, mask, None, 0.2, 0.0, "token")
+    assert loss.item() == pytest.approx(-(1.2 + 1.0 - 0.8 - 1.0) / 4)
+    assert (s["clip_low"], s["clip_high"], s["clip_frac"]) == (0.25, 0.25, 0.5)
+    # clip-higher 0.28: 1.25 is inside the range, no longer clipped
+    loss, s = rewards.grpo_loss(logp, old, adv, mask, None, 0.2, 0.0, "token", eta_high=0.28)
+    assert loss.item() == pytest.approx(-(1.25 + 1.0 - 0.8 - 1.0) / 4)
+    assert (s["clip_low"], s["clip_high"]) == (0.25, 0.0)
+    # entropy estimate: the mean of -old_logp over the sampled tokens
+    assert rewards.grpo_loss(logp, torch.log(torch.tensor([[0.5, 0.25], [0.5, 0.25]])), adv, mask)[1]["entropy"] == \
+        pytest.approx((2 * 0.6931 + 2 * 1.3863) / 4, abs=1e-3)
+
+
+def test_loss_rows_drop_truncated_completions_and_tied_groups():
+    eos = 0
+    completion = torch.tensor([[5, 0, 0], [5, 6, 7], [5, 6, 0], [5, 0, 0]])   # row 1 has no EOS: truncated
+    adv = torch.tensor([[0.0, 0.0], [1.0, -1.0]])                             # group 0 tied
+    assert rewards.loss_rows(adv, completion, eos) is None
+    assert rewards.loss_rows(adv, completion, eos, mask_truncated=True).tolist() == [True, False, True, True]
+    assert rewards.loss_rows(adv, completion, eos, skip_tied=True).tolist() == [False, False, True, True]
+    # the loss over the kept rows only: sequence aggregation averages rows 2-3, not four rows
+    logp, mask = torch.zeros(4, 3), torch.ones(4, 3)
+    keep = rewards.loss_rows(adv, completion, eos, skip_tied=True)
+    loss, _ = rewards.grpo_loss(logp, logp, adv.flatten(), mask, None, 0.2, 0.0, "sequence", keep=keep)
+    assert loss.item() == pytest.approx(-(1.0 - 1.0) / 2)
+    loss, _ = rewards.grpo_loss(logp, logp, torch.tensor([0.0, 0.0, 2.0, 1.0]), mask, None, 0.2, 0.0, "sequence", keep=keep)
+    assert loss.item() == pytest.approx(-1.5)           # (2 + 1) / 2 kept rows, not / 4
+    none, _ = rewards.grpo_loss(logp, logp, adv.flatten(), mask, None, keep=torch.zeros(4, dtype=torch.bool))
+    assert none.item() == 0.0
