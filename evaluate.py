@@ -432,8 +432,14 @@ if __name__ == "__main__":
         import torch
         splits, modes = [s for s in SPLITS.split(",") if s], [m for m in MODES.split(",") if m]
         bad = [m for m in modes if m not in prompts.PREFIX]
-        run.check_settings([(splits, "--splits: name at least one split"),
-                            (not bad, f"--modes: {bad[0]!r} is not fast or slow" if bad else "")])
+        run.check_settings([  # before any model loads
+            (splits, "--splits: name at least one split"),
+            (modes and not bad, f"--modes: {bad[0]!r} is not fast or slow" if bad else "--modes: fast, slow or both"),
+            (MAX_SAMPLES >= 0 and THREADS >= 0, f"--max_samples={MAX_SAMPLES}, --threads={THREADS}: 0 (all, default) or more"),
+            (min(BATCH_SIZE, MAX_NEW_TOKENS, FAST_MAX_NEW_TOKENS) >= 1,
+             "--batch_size, --max_new_tokens and --fast_max_new_tokens must be >= 1"),
+            (PRECISION in ("auto", "bf16", "fp32"), f"--precision={PRECISION!r}: choose auto, bf16 or fp32"),
+            (not os.path.isfile(OUT_DIR), f"--out_dir={OUT_DIR}: a file, not a folder")])
         if THREADS:
             torch.set_num_threads(THREADS)
         ckpt = checkpoints.find_model(CKPT)

@@ -73,6 +73,9 @@ def answer(model, tokenizer, processor, sample, mode, autocast, wheels):
 
 if __name__ == "__main__":
     run.configure(globals())
+    run.check_settings([(min(MAX_NEW_TOKENS, FAST_MAX_NEW_TOKENS) >= 1, "--max_new_tokens, --fast_max_new_tokens: >= 1"),
+                        (PRECISION in ("auto", "bf16", "fp32"), f"--precision={PRECISION!r}: choose auto, bf16 or fp32"),
+                        (THREADS >= 0, f"--threads={THREADS}: 0 (torch's default) or more")])
     sample = clip_sample()
     ckpt = checkpoints.find_model(CKPT)
     if THREADS:

@@ -27,7 +27,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from mer.data import split_name  # noqa: E402
-from mer.run import configure, pid_alive  # noqa: E402
+from mer.run import configure, pid_alive, read_log  # noqa: E402
 
 RECIPE = "template"                # template: our generator's data; real: GoEmotions (configs/real_*.py)
 RESULTS = "experiments/RESULTS.md"
@@ -234,7 +234,7 @@ def cell(xs):
 def log_records(name):
     """The records of a run's log.jsonl ([] before it has one; also while it trains)."""
     path = os.path.join(ROOT, RUNS, name, "log.jsonl")
-    return [json.loads(l) for l in open(path)] if os.path.isfile(path) else []
+    return read_log(path) if os.path.isfile(path) else []
 
 
 def curves(name):

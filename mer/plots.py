@@ -1,8 +1,9 @@
 """Figures, when matplotlib is installed (it is optional): the training curves of a run's log.jsonl
 (Fig. 7's rewards, KL, length, the held-out scores) and an evaluation's Section-3 diagnostics."""
-import json
 import os
 import sys
+
+from mer.run import read_log
 
 
 def pyplot():
@@ -31,7 +32,7 @@ def plot_training(log, path):
     without matplotlib."""
     if not os.path.isfile(log):
         raise SystemExit(f"{log}: no such file")
-    records = [json.loads(line) for line in open(log) if line.strip()]
+    records = read_log(log)
     rows = [r for r in records if "step" in r and "event" not in r]
     if not rows:
         raise SystemExit(f"{log}: no training step logged yet")

@@ -71,6 +71,17 @@ def check_settings(checks):
         raise SystemExit("bad settings:\n  " + "\n  ".join(bad))
 
 
+def training_checks(lr, save_every, stop_after, warmup, min_lr_ratio, threads):
+    """The settings checks both training scripts share (for check_settings): a finite learning rate
+    (`--lr=1e999` parses as inf, and one step would make every weight NaN), checkpoints every
+    >= 1 steps, a schedule that never turns into gradient ascent, threads >= 0."""
+    return [(math.isfinite(lr) and lr >= 0, f"--lr={lr}: a finite number >= 0"),
+            (save_every >= 1, f"--save_every={save_every}: steps between checkpoints, at least 1"),
+            (stop_after >= 0 and warmup >= 0, f"--stop_after={stop_after}, --warmup_steps={warmup}: 0 or more"),
+            (0 <= min_lr_ratio <= 1, f"--min_lr_ratio={min_lr_ratio}: a share of --lr between 0 and 1"),
+            (threads >= 0, f"--threads={threads}: 0 (torch's default) or more")]
+
+
 def trackers(log_with):
     """The accelerate trackers named in `log_with` (comma-separated: tensorboard, wandb, mlflow, ...;
     empty: none), each checked to be installed; log.jsonl is written either way."""
@@ -226,6 +237,21 @@ def take_lock(out_dir):
     atexit.register(lambda: os.path.exists(path) and open(path).read().strip() == str(os.getpid()) and os.remove(path))
 
 
+def read_log(path):
+    """The records of a log.jsonl. A last line cut by a crash or a full disk is dropped with a
+    warning; a bad line before it is an error naming the file and line."""
+    lines = [line for line in open(path) if line.strip()]
+    records = []
+    for i, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines):
+                raise SystemExit(f"{path}, line {i}: not valid JSON; fix or delete that line")
+            print(f"warning: {path}: the last line is cut short (a crash mid-write?); it is dropped", file=sys.stderr)
+    return records
+
+
 def truncate_log(out_dir, step, names=("log.jsonl", "completions.jsonl")):
     """Keep only the records of the run's logs up to `step` (the checkpoint a run resumes from), so
     that every step appears once after a resume."""
@@ -233,7 +259,7 @@ def truncate_log(out_dir, step, names=("log.jsonl", "completions.jsonl")):
         path = os.path.join(out_dir, name)
         if not os.path.isfile(path):
             continue
-        keep = [line for line in open(path) if line.strip() and json.loads(line).get("step", 0) <= step]
+        keep = [json.dumps(r) + "\n" for r in read_log(path) if r.get("step", 0) <= step]
         with open(path + ".tmp", "w") as f:
             f.writelines(keep)
         os.replace(path + ".tmp", path)

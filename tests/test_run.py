@@ -97,3 +97,40 @@ def test_clip_and_check_takes_the_norm_deepspeed_returns(norm):
     if norm is not None:
         with pytest.raises(SystemExit, match="non-finite"):
             mer.run.clip_and_check(FakeAccelerator(norm=float("inf")), [], loss, 1.0, 1, "out")
+
+
+@pytest.mark.parametrize("script,arg,message", [
+    ("train_grpo.py", "--lr=1e999", "--lr=inf: a finite number >= 0"),
+    ("train_grpo.py", "--save_every=0", "--save_every=0: steps between checkpoints"),
+    ("train_grpo.py", "--min_lr_ratio=-1", "--min_lr_ratio=-1.0: a share of --lr"),
+    ("train_grpo.py", "--eta=-1", "--eta must be >= 0"),
+    ("train_grpo.py", "--top_p=0", "--top_p in (0, 1]"),
+    ("train_sft.py", "--stop_after=-1", "--stop_after=-1"),
+    ("train_sft.py", "--threads=-1", "--threads=-1"),
+    ("evaluate.py", "--batch_size=0", "--batch_size, --max_new_tokens and --fast_max_new_tokens must be >= 1"),
+    ("evaluate.py", "--max_samples=-1", "--max_samples=-1"),
+    ("evaluate.py", "--modes=", "--modes: fast, slow or both"),
+    ("evaluate.py", "--precision=fp16", "--precision='fp16'"),
+    ("predict.py", "--max_new_tokens=0", "--max_new_tokens, --fast_max_new_tokens: >= 1"),
+])
+def test_nonsense_settings_are_refused_before_any_model_loads(script, arg, message):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    extra = ["--subtitle=x"] if script == "predict.py" else []
+    r = subprocess.run([sys.executable, os.path.join(root, script), arg, *extra], capture_output=True, text=True, cwd=root,
+                       timeout=120)
+    assert r.returncode != 0 and message in r.stderr, r.stderr[-1500:]
+    assert "Loading weights" not in r.stderr
+
+
+def test_a_log_cut_mid_line_is_read_without_its_last_line(tmp_path, capsys):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
+    assert mer.run.read_log(str(path)) == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}]
+    assert "the last line is cut short" in capsys.readouterr().err
+    mer.run.truncate_log(str(tmp_path), 1, names=("log.jsonl",))   # what a resume does: no traceback
+    assert path.read_text() == '{"step": 1, "loss": 0.5}\n'
+    path.write_text('{"step": 1}\n{"ste\n{"step": 3}\n')                # a bad line inside is an error
+    with pytest.raises(SystemExit, match="log.jsonl, line 2: not valid JSON"):
+        mer.run.read_log(str(path))
