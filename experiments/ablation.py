@@ -41,6 +41,7 @@ RECIPES = {"template": ("experiments/runs", "configs/cpu_rl_sft.py", "configs/cp
            "real": ("experiments/runs_real", "configs/real_sft.py", "configs/real_rl.py", "goemotions/test_fine", 1000,
                     "goemotions/test_basic,goemotions/test_sentiment", 300, "table real")}
 RUNS, SFT_CONFIG, GRPO_CONFIG, FINE, FINE_SAMPLES, OTHER, OTHER_SAMPLES, MARKER = RECIPES[RECIPE]  # again after --recipe
+TRANSFER = ""                      # set by --recipe=real: the bundled test_fine, all 300, fast and slow
 EVAL_BATCH = 32
 THREADS = 0                        # per training / evaluation process (0: torch's default)
 JOBS = 1                           # runners at a time, sharing RUNS (one GPU holds ~12 SmolLM2 runs)
@@ -85,9 +86,19 @@ def evaluate(ckpt, out, log):
     sh([py, "evaluate.py", f"--splits={FINE}", f"--out_dir={out}/fine", f"--max_samples={FINE_SAMPLES}", *common], log)
     sh([py, "evaluate.py", f"--splits={OTHER}", f"--out_dir={out}/other", "--diagnostics=False",
         f"--max_samples={OTHER_SAMPLES}", *common], log)
+    if TRANSFER:  # the other recipe's fine split: does what GRPO learned here cost the other data?
+        sh([py, "evaluate.py", f"--splits={TRANSFER}", f"--out_dir={out}/transfer", "--diagnostics=False", *common], log)
     results = {**json.load(open(os.path.join(ROOT, out, "fine", "summary.json")))["results"],
                **json.load(open(os.path.join(ROOT, out, "other", "summary.json")))["results"]}
     return {spec: results[split_name(spec)] for spec in [FINE, *OTHER.split(",")]}  # keyed as FINE and OTHER
+
+
+def transfer_f1(name, mode="slow"):
+    """EW-F1 of a run on TRANSFER (RUNS/NAME/eval/transfer), or None before it is evaluated."""
+    path = os.path.join(ROOT, RUNS, name, "eval", "transfer", "summary.json")
+    if not (TRANSFER and os.path.isfile(path)):
+        return None
+    return json.load(open(path))["results"][split_name(TRANSFER)][mode]["scores"]["f1"]
 
 
 def train(name, kind, variant, seed, log):
@@ -348,6 +359,11 @@ def report():
             m, s = mean_std(paired)
             line += f"; against `baseline` {m:+.2f} ± {s:.2f} over {len(paired)} seeds"
         gain.append(line)
+    if transfer_f1("sft") is not None:
+        moved = [transfer_f1(n) - transfer_f1("sft") for _, names in rows[1:] for n in names if transfer_f1(n) is not None]
+        m, sd = mean_std(moved)
+        gain.append(f"- on `{TRANSFER}` (slow EW-F1, the other data): SFT {transfer_f1('sft'):.2f}; the GRPO runs evaluated "
+                    f"there move it by " + (f"{m:+.2f} ± {sd:.2f} over {len(moved)} runs" if moved else "-"))
     dl = ["", f"Section-3 diagnostics on {FINE} (Eq. 1-2, Fig. 8; mean over seeds):", "",
           "| variant | conf_gt fast | conf_gt slow | margin fast | margin slow | retained hit-rate | categories/answer slow |",
           "|---|---|---|---|---|---|---|"]
@@ -399,6 +415,7 @@ if __name__ == "__main__":
     if RECIPE not in RECIPES:
         raise SystemExit(f"--recipe={RECIPE!r}: choose {' or '.join(RECIPES)}")
     RUNS, SFT_CONFIG, GRPO_CONFIG, FINE, FINE_SAMPLES, OTHER, OTHER_SAMPLES, MARKER = RECIPES[RECIPE]
+    TRANSFER = "test_fine" if RECIPE == "real" else ""
     if PLAN:
         plan()
     else:
