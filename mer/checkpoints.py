@@ -70,6 +70,11 @@ def save_checkpoint(path, model, tokenizer, state, processor=None, last=None):
     card (`README.md`, with `last`: the last logged metrics) and `checksums.json` (verified on
     resume) atomically: into `path.tmp`, then renamed over `path`."""
     tmp, old = path + ".tmp", path + ".old"
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # an update that made weights NaN or inf (an lr of 1e999 passes every loss check) is never saved
+        raise SystemExit(f"step {state.get('step')}: weights are not finite after the update ({bad[0]}"
+                         f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); nothing saved, "
+                         f"{path if os.path.isdir(path) else 'no checkpoint'} kept; lower --lr")
     shutil.rmtree(tmp, ignore_errors=True)
     adapters = models.lora_state(model)
     model.save_pretrained(tmp, state_dict=models.merged_state_dict(model) if adapters else None)
@@ -96,6 +101,10 @@ def find_checkpoint(path):
         if os.path.isfile(os.path.join(p, "trainer_state.pt")):
             verify_checkpoint(p)
             return p
+    if os.path.isfile(os.path.join(path, "config.json")):  # a model without the state to resume it: never start over in silence
+        raise SystemExit(f"{path} has no trainer_state.pt (the optimizer and RNG states a run resumes from), so it "
+                         f"cannot be resumed; pass --resume=False to start again in this folder (its checkpoint is "
+                         f"replaced at the first save) or another --out_dir")
     return None
 
 

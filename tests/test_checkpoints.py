@@ -29,3 +29,27 @@ def test_a_corrupt_checkpoint_is_found_and_named(tmp_path):
     os.remove(os.path.join(path + ".old", "trainer_state.pt"))                          # truncated: a file is gone
     with pytest.raises(SystemExit, match=r"last.old/trainer_state.pt: missing"):
         mer.checkpoints.verify_checkpoint(path + ".old")
+
+
+def test_a_checkpoint_without_its_trainer_state_is_not_silently_restarted(tmp_path):
+    model, tok = mer.models.load_model("tiny")
+    path = str(tmp_path / "last")
+    mer.checkpoints.save_checkpoint(path, model, tok, {"step": 3, "config": {}})
+    assert mer.checkpoints.find_checkpoint(path) == path
+    os.remove(os.path.join(path, "trainer_state.pt"))   # deleted to save disk, or before sharing
+    with pytest.raises(SystemExit, match="last has no trainer_state.pt .* pass --resume=False"):
+        mer.checkpoints.find_checkpoint(path)
+    assert mer.checkpoints.find_checkpoint(str(tmp_path / "nothing")) is None
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    import torch
+    model, tok = mer.models.load_model("tiny")
+    path = str(tmp_path / "last")
+    mer.checkpoints.save_checkpoint(path, model, tok, {"step": 1, "config": {}})
+    before = open(os.path.join(path, "checksums.json")).read()
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    with pytest.raises(SystemExit, match="step 2: weights are not finite after the update .* lower --lr"):
+        mer.checkpoints.save_checkpoint(path, model, tok, {"step": 2, "config": {}})
+    assert open(os.path.join(path, "checksums.json")).read() == before   # the last good checkpoint stays
