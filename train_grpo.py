@@ -114,7 +114,7 @@ settings = {k: v for k, v in globals().items() if k.isupper()}  # saved with eac
 
 # ---------------------------------------------------------------------------------------
 from accelerate import Accelerator  # noqa: E402
-from accelerate.utils import gather_object  # noqa: E402
+from accelerate.utils import broadcast_object_list, gather_object  # noqa: E402
 
 if THREADS:
     torch.set_num_threads(THREADS)
@@ -140,10 +140,11 @@ reward_wheels = [int(k) - 1 for k in str(REWARD_WHEELS).split(",")]
 calibrate = VARIANT in rewards.CALIBRATED
 per_step = PROMPTS * GRAD_ACCUM * accelerator.num_processes
 
-ckpt = checkpoints.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME else None
+ckpt = checkpoints.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME and master else None
+ckpt = broadcast_object_list([ckpt])[0]  # rank 0 decides: a rank that cannot see the folder must not start over alone
 state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False) if ckpt else None
 if ckpt:
-    checkpoints.check_resume(ckpt, state.get("config", {}), settings)
+    checkpoints.check_resume(ckpt, state, settings, per_step)
 if INIT == "out/sft/last" and not os.path.isdir(INIT) and not ckpt:
     raise SystemExit(f"--init={INIT}: no such checkpoint; run `python train_sft.py` first, or pass --init=smollm2")
 policy, tokenizer = models.load_model(INIT if LORA_R else ckpt or INIT)  # LoRA resumes INIT + its saved adapters

@@ -70,6 +70,7 @@ settings = {k: v for k, v in globals().items() if k.isupper()}  # saved with eac
 
 # ---------------------------------------------------------------------------------------
 from accelerate import Accelerator  # noqa: E402  (after configure: --help-like errors stay fast)
+from accelerate.utils import broadcast_object_list  # noqa: E402
 
 if THREADS:
     torch.set_num_threads(THREADS)
@@ -92,10 +93,11 @@ if missing:
 per_step = BATCH_SIZE * GRAD_ACCUM * accelerator.num_processes
 total_steps = MAX_STEPS or EPOCHS * len(samples) // per_step
 
-ckpt = checkpoints.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME else None
+ckpt = checkpoints.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME and master else None
+ckpt = broadcast_object_list([ckpt])[0]  # rank 0 decides: a rank that cannot see the folder must not start over alone
 state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False) if ckpt else None
 if ckpt:
-    checkpoints.check_resume(ckpt, state.get("config", {}), settings)
+    checkpoints.check_resume(ckpt, state, settings, per_step)
 model, tokenizer = models.load_model(ckpt or MODEL)
 samples = prompts.fit_prompts(samples, tokenizer, MAX_PROMPT_TOKENS)
 processor = models.load_processor(ckpt or MODEL)  # None for text-only models

@@ -126,16 +126,23 @@ RESUME_MAY_CHANGE = {"OUT_DIR", "MAX_STEPS", "EPOCHS", "STOP_AFTER", "SAVE_EVERY
                      "LOG_COMPLETIONS_EVERY", "SKIP_MISSING_MEDIA"}
 
 
-def check_resume(ckpt, saved, config):
-    """Refuse to resume `ckpt` (whose trainer state saved the settings `saved`) with other settings
-    (a different --variant or --init would silently continue the old run), listing every
-    difference; the settings of RESUME_MAY_CHANGE may differ. Settings the checkpoint predates
-    are not compared."""
+def check_resume(ckpt, state, config, per_step):
+    """Refuse to resume `ckpt` (whose trainer state saved the settings `state["config"]`) with other
+    settings (a different --variant or --init would silently continue the old run), listing every
+    difference; the settings of RESUME_MAY_CHANGE may differ, and settings the checkpoint predates
+    are not compared. Also refused: another number of samples per step, `per_step` (with the same
+    settings: another number of processes), since each process resumes its own random state and
+    takes its share of every batch."""
+    saved = state.get("config", {})
     diff = [f"{k.lower()}: {saved[k]!r} in the checkpoint, {v!r} now" for k, v in config.items()
             if k.isupper() and k in saved and k not in RESUME_MAY_CHANGE and saved[k] != v]
     if diff:
         raise SystemExit(f"{ckpt} was trained with other settings:\n  " + "\n  ".join(diff)
                          + "\nresume with the same settings, or pass --resume=False to start again in this folder")
+    if state.get("step") and "position" in state and state["position"] != state["step"] * per_step:
+        raise SystemExit(f"{ckpt} was trained with {state['position'] // state['step']} samples per step, this run takes "
+                         f"{per_step}: another number of processes; resume with the one it was trained with, or pass "
+                         f"--resume=False")
 
 
 def rng_state():

@@ -53,3 +53,12 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     with pytest.raises(SystemExit, match="step 2: weights are not finite after the update .* lower --lr"):
         mer.checkpoints.save_checkpoint(path, model, tok, {"step": 2, "config": {}})
     assert open(os.path.join(path, "checksums.json")).read() == before   # the last good checkpoint stays
+
+
+def test_resume_with_another_number_of_processes_is_refused():
+    state = {"step": 4, "position": 4 * 16, "config": {"LR": 1e-5, "OUT_DIR": "a"}}
+    mer.checkpoints.check_resume("last", state, {"LR": 1e-5, "OUT_DIR": "b"}, 16)        # same: resumes
+    with pytest.raises(SystemExit, match="trained with 16 samples per step, this run takes 8: another number of processes"):
+        mer.checkpoints.check_resume("last", state, {"LR": 1e-5}, 8)                     # 2 processes -> 1
+    with pytest.raises(SystemExit, match="lr: 1e-05 in the checkpoint, 0.001 now"):
+        mer.checkpoints.check_resume("last", state, {"LR": 1e-3}, 16)
