@@ -9,6 +9,8 @@ import os
 import signal
 import sys
 import time
+import traceback
+import types
 
 import torch
 
@@ -22,7 +24,8 @@ def configure(config, argv=None):
     Unknown keys and values of the wrong type are errors, so a typo never runs silently."""
     argv = sys.argv[1:] if argv is None else argv
     if "--help" in argv or "-h" in argv:
-        print((config.get("__doc__") or "").strip() + "\n\nsettings (--key=value, or a config file of assignments):")
+        print((config.get("__doc__") or "").strip() + "\n\nsettings (--key=value, or a config file: Python assignments, "
+              "which may import and compute; its modules and functions are not settings):")
         for key, value in config.items():
             if key.isupper() and not key.startswith("_"):
                 print(f"  --{key.lower()}={value!r}")
@@ -41,9 +44,13 @@ def configure(config, argv=None):
             if not os.path.isfile(arg):
                 raise SystemExit(f"config file {arg!r} not found (arguments are a config file or --key=value)")
             values = {}
-            exec(open(arg).read(), {}, values)
-            for key, value in values.items():
-                if not key.startswith("_"):
+            try:  # one namespace, as a module runs: a comprehension sees the file's own names
+                exec(compile(open(arg).read(), arg, "exec"), values)
+            except Exception as e:
+                line = getattr(e, "lineno", None) or traceback.extract_tb(e.__traceback__)[-1].lineno
+                raise SystemExit(f"{arg}, line {line}: {type(e).__name__}: {e}")
+            for key, value in values.items():  # imports and helpers may serve the assignments; they are not settings
+                if not key.startswith("_") and not callable(value) and not isinstance(value, types.ModuleType):
                     _set(config, key, value, arg)
 
 

@@ -134,3 +134,22 @@ def test_a_log_cut_mid_line_is_read_without_its_last_line(tmp_path, capsys):
     path.write_text('{"step": 1}\n{"ste\n{"step": 3}\n')                # a bad line inside is an error
     with pytest.raises(SystemExit, match="log.jsonl, line 2: not valid JSON"):
         mer.run.read_log(str(path))
+
+
+def test_a_config_file_runs_as_one_module_and_its_errors_name_the_file_and_line(tmp_path):
+    config = {"LR": 1e-5, "STEPS": 10, "NAME": "x"}
+    path = tmp_path / "c.py"
+    path.write_text("import math\nBASE = 2\nLR = math.sqrt(4) * 1e-6\nSTEPS = sum(BASE for _ in range(3))\n"
+                    "def helper():\n    return 1\n")
+    with pytest.raises(SystemExit, match="unknown setting 'BASE'"):   # plain names are still settings
+        mer.run.configure(dict(config), [str(path)])
+    path.write_text("import math\n_BASE = 2\nLR = math.sqrt(4) * 1e-6\nSTEPS = sum(_BASE for _ in range(3))\n")
+    got = dict(config)
+    mer.run.configure(got, [str(path)])
+    assert got["LR"] == pytest.approx(2e-6) and got["STEPS"] == 6
+    path.write_text("LR = 1e-5\nSTEPS = 1 / 0\n")
+    with pytest.raises(SystemExit, match=r"c\.py, line 2: ZeroDivisionError"):
+        mer.run.configure(dict(config), [str(path)])
+    path.write_text("LR = (1e-5\n")
+    with pytest.raises(SystemExit, match=r"c\.py, line 1: SyntaxError"):
+        mer.run.configure(dict(config), [str(path)])
