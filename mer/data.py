@@ -43,7 +43,7 @@ def read_jsonl(path, need=()):
     """Samples from a JSONL file (UTF-8, a BOM is allowed), each checked by check_sample."""
     if not os.path.isfile(path):
         raise SystemExit(f"{path}: no such file")
-    samples = []
+    samples, lines = [], {}
     with open(path, "rb") as f:
         for i, raw in enumerate(f, start=1):
             try:
@@ -58,6 +58,10 @@ def read_jsonl(path, need=()):
             except json.JSONDecodeError as e:
                 raise SystemExit(f"{path}, line {i}: not valid JSON ({e.msg})")
             check_sample(s, f"{path}, line {i}", need)
+            if s["name"] in lines:
+                raise SystemExit(f"{path}, line {i}: the name {s['name']!r} is taken by line {lines[s['name']]}; "
+                                 f"names must be unique")
+            lines[s["name"]] = i
             samples.append(s)
     if not samples:
         raise SystemExit(f"{path}: no samples")

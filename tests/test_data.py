@@ -187,3 +187,10 @@ def test_real_layouts_report_their_unmapped_label_words(tmp_path, capsys):
     mer.data.report_unmapped(f"ovmerd:{tmp_path}", samples[1:], wheels)
     err = capsys.readouterr().err
     assert "0.0% of the label words" in err and "warning" not in err
+
+
+def test_a_name_used_twice_in_a_jsonl_file_is_refused(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"name": "a", "openset": "happy"}\n{"name": "b", "openset": "sad"}\n{"name": "a", "openset": "sad"}\n')
+    with pytest.raises(SystemExit, match="d.jsonl, line 3: the name 'a' is taken by line 1"):
+        mer.data.read_jsonl(str(path))
