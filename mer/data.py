@@ -172,6 +172,23 @@ def _attach_media(samples, root, skip_missing_media, need_audio=True):
     return kept
 
 
+def check_media_paths(samples, spec, skip_missing_media=False):
+    """The samples whose `video_path` / `audio_path` files exist, checked before any model loads: a
+    missing file is an error naming the sample, unless skip_missing_media (skipped and counted)."""
+    kept, skipped = [], []
+    for s in samples:
+        missing = [s[k] for k in ("video_path", "audio_path") if s.get(k) and not os.path.isfile(s[k])]
+        if missing and not skip_missing_media:
+            raise SystemExit(f"{spec} ({s['name']}): no such media file {missing[0]}; fix the path, or pass "
+                             f"--skip_missing_media=True to skip such samples")
+        (skipped if missing else kept).append(s)
+    if skipped:
+        print(f"{spec}: skipped {len(skipped)} samples with missing media (first: {skipped[0]['name']})", file=sys.stderr)
+        if not kept:
+            raise SystemExit(f"{spec}: every sample's media is missing")
+    return kept
+
+
 def load_mercaptionplus(root, skip_missing_media=False, media=True):
     """MER-Caption+ training pool: track2 (openset) + track3 (reason) + subtitles + media paths."""
     openset = _csv_column(os.path.join(root, "track2_train_mercaptionplus.csv"), "openset")
@@ -263,7 +280,7 @@ def load_samples(spec, skip_missing_media=False, need=()):
     if kind in TASKS:
         return load_samples(root, skip_missing_media, need)
     if not sep or spec.endswith(".jsonl"):
-        return load_split(spec, need)
+        return check_media_paths(load_split(spec, need), spec, skip_missing_media)
     if kind == "mercaptionplus":
         samples = load_mercaptionplus(root, skip_missing_media)
     elif kind == "ovmerd":

@@ -194,3 +194,15 @@ def test_a_name_used_twice_in_a_jsonl_file_is_refused(tmp_path):
     path.write_text('{"name": "a", "openset": "happy"}\n{"name": "b", "openset": "sad"}\n{"name": "a", "openset": "sad"}\n')
     with pytest.raises(SystemExit, match="d.jsonl, line 3: the name 'a' is taken by line 1"):
         mer.data.read_jsonl(str(path))
+
+
+def test_missing_media_of_a_jsonl_file_is_found_before_any_model_loads(tmp_path, capsys):
+    video = tmp_path / "here.mp4"
+    video.write_bytes(b"x")
+    path = tmp_path / "m.jsonl"
+    path.write_text(f'{{"name": "a", "openset": "happy", "video_path": "{video}"}}\n'
+                    f'{{"name": "b", "openset": "sad", "video_path": "{tmp_path / "gone.mp4"}"}}\n')
+    with pytest.raises(SystemExit, match=r"m.jsonl \(b\): no such media file .*gone.mp4; .*--skip_missing_media=True"):
+        mer.data.load_samples(str(path))
+    assert [s["name"] for s in mer.data.load_samples(str(path), skip_missing_media=True)] == ["a"]
+    assert "skipped 1 samples with missing media (first: b)" in capsys.readouterr().err
