@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-import mer.checkpoints, mer.data, mer.inputs, mer.models, mer.prompts, mer.run
+import mer.checkpoints, mer.data, mer.inputs, mer.layouts, mer.models, mer.prompts, mer.run
 
 TOK = mer.models.tiny_tokenizer()
 SAMPLE = {"name": "s1", "video": "Ann smiles.", "audio": "Ann speaks with a bright tone.", "subtitle": "We won!",
@@ -130,15 +130,15 @@ def _npz(path, key, corpus):
 def test_unibench_loaders(tmp_path):
     _npz(tmp_path / "label.npz", "test_corpus", {"m1": {"emo": 1}, "m2": {"emo": 3}})
     _csv(tmp_path / "transcription-engchi-polish.csv", ["name", "english"], [["m1", "Great!"], ["m2", "Okay."]])
-    samples = mer.data.load_unibench(str(tmp_path), "meld", media=False)
+    samples = mer.layouts.load_unibench(str(tmp_path), "meld", media=False)
     assert samples == [{"name": "m1", "subtitle": "Great!", "basic": "joy", "openset": "joy"},
                        {"name": "m2", "subtitle": "Okay.", "basic": "neutral", "openset": "neutral"}]
     _npz(tmp_path / "label_4way.npz", "whole_corpus", {"Ses01F_x": {"emo": 0}, "Ses05M_y": {"emo": 3}})
-    assert [(s["name"], s["basic"]) for s in mer.data.load_unibench(str(tmp_path), "iemocap", media=False)] == [("Ses05M_y", "anger")]
+    assert [(s["name"], s["basic"]) for s in mer.layouts.load_unibench(str(tmp_path), "iemocap", media=False)] == [("Ses05M_y", "anger")]
     _npz(tmp_path / "label.npz", "test_corpus", {"s1": {"val": -1.6}, "s2": {"val": 0.0}})
-    assert [s["valence"] for s in mer.data.load_unibench(str(tmp_path), "mosi", media=False)] == [-1.6, 0.0]
+    assert [s["valence"] for s in mer.layouts.load_unibench(str(tmp_path), "mosi", media=False)] == [-1.6, 0.0]
     _npz(tmp_path / "label-6way.npz", "test1_corpus", {"x": {"emo": "Worried "}})
-    assert mer.data.load_unibench(str(tmp_path), "mer2023", media=False)[0]["basic"] == "worried"
+    assert mer.layouts.load_unibench(str(tmp_path), "mer2023", media=False)[0]["basic"] == "worried"
 
 
 @pytest.mark.parametrize("corpus,message", [
@@ -149,10 +149,10 @@ def test_unibench_loaders(tmp_path):
 def test_unibench_bad_labels(tmp_path, corpus, message):
     _npz(tmp_path / "label.npz", "test_corpus", corpus)
     with pytest.raises(SystemExit, match=message):
-        mer.data.load_unibench(str(tmp_path), "meld", media=False)
+        mer.layouts.load_unibench(str(tmp_path), "meld", media=False)
     with pytest.raises(SystemExit, match="no key 'test_corpus'"):
         _npz(tmp_path / "label.npz", "other", corpus)
-        mer.data.load_unibench(str(tmp_path), "meld", media=False)
+        mer.layouts.load_unibench(str(tmp_path), "meld", media=False)
 
 
 def test_unibench_missing_media_is_an_error(tmp_path):
