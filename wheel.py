@@ -235,10 +235,15 @@ def clean_word(word):
     return " ".join(w.split()).strip("'- ")
 
 
+# What separates emotion words, in labels and answers alike: commas (also the Chinese `，` that
+# MER-UniBench labels use), semicolons, the Chinese enumeration comma `、`, newlines
+SEPARATORS = r"[,;\n，、；]"
+
+
 def split_words(text):
-    """Split on commas, semicolons and newlines; clean; drop empties and duplicates, order kept."""
+    """Split on SEPARATORS; clean; drop empties and duplicates, order kept."""
     out = []
-    for piece in re.split(r"[,;\n]", text):
+    for piece in re.split(SEPARATORS, text):
         w = clean_word(piece)
         if w and w not in out:
             out.append(w)
@@ -253,13 +258,15 @@ def parse_answer(text):
 
 def string_to_list(s):
     """The official label/prediction parser: strip one leading '[' and one trailing ']', split on
-    quotes and commas, strip items, drop empty ones. "[a, b]", "['a', 'b']" and "a, b" agree."""
+    quotes and commas, strip items, drop empty ones. "[a, b]", "['a', 'b']" and "a, b" agree.
+    Like split_words, it also splits on the other SEPARATORS (the official parser splits on `,`
+    only, so `a；b` or `a，b` would be one unknown word there and score nothing)."""
     s = str(s).strip()
     if s.startswith("["):
         s = s[1:]
     if s.endswith("]"):
         s = s[:-1]
-    return [item.strip() for item in re.split(r"['\",]", s) if item.strip()]
+    return [item.strip() for item in re.split(r"['\"]|" + SEPARATORS, s) if item.strip()]
 
 
 def coverage(word_lists, wheels):

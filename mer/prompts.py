@@ -148,7 +148,7 @@ def answer_words(ids, tokenizer, prefix=""):
         return None
     answer_start = starts.index(m.start(1))
     words, seen = [], set()
-    for piece in re.finditer(r"[^,;\n]+", m.group(1)):
+    for piece in re.finditer("[^" + wheel.SEPARATORS[1:-1] + "]+", m.group(1)):  # as wheel.split_words cuts
         word = wheel.clean_word(piece.group())
         if not word or word in seen:
             continue

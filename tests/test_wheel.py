@@ -218,3 +218,17 @@ def test_our_wheels_on_the_public_check_labels():
     share, _ = wheel.coverage(labels.values(), OURS)
     assert share <= 0.05   # the official files leave 13.0% unmapped
     assert abs(E.ew_scores(preds, labels, OURS)["f1"] - 61.7384) <= 1.0
+
+
+def test_one_label_parser_for_rewards_metrics_and_the_score_only_command():
+    import mer.data
+    wheels = wheel.load_wheels()
+    handmade = ["happy，sad", "angry；worried、surprised", "joyful; calm", "['happy', 'sad']", "Happy, excited"]
+    assert wheel.split_words("angry；worried、surprised") == ["angry", "worried", "surprised"]
+    assert wheel.string_to_list("happy，sad") == ["happy", "sad"]
+    labels = handmade + [s["openset"] for split in ("train", "test_fine", "test_basic", "goemotions/test_fine")
+                         for s in mer.data.load_split(split)]
+    for text in labels:
+        for k in range(5):  # the ground truth the reward uses (split_words) is what the metric scores
+            assert wheel.map_words(wheel.split_words(text), wheels, k) == \
+                wheel.map_words(wheel.string_to_list(text), wheels, k), (text, k)
