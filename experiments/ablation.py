@@ -289,7 +289,8 @@ def plot(groups):
             a.set_xlabel("step")
     ax[0].legend(fontsize=8)
     fig.tight_layout()
-    path = os.path.join(os.path.dirname(os.path.join(ROOT, RESULTS)), "training_curves.png")
+    png = "training_curves.png" if RECIPE == "template" else f"training_curves_{RECIPE}.png"  # one figure per recipe
+    path = os.path.join(os.path.dirname(os.path.join(ROOT, RESULTS)), png)
     fig.savefig(path, dpi=100)
     return os.path.basename(path)
 
