@@ -40,6 +40,8 @@ TRAIN = "train"           # a bundled split, a .jsonl file, or mercaptionplus:DI
 SKIP_SAMPLES = 1000       # drop the first N of a fixed shuffle: the samples SFT drew from
 MAX_SAMPLES = 0           # then keep N of them (0: all)
 SKIP_MISSING_MEDIA = False
+MIX_TRAIN = ""            # a second pool (e.g. the bundled train) that supplies half of the prompts
+MIX_SKIP_SAMPLES = 1000   # of that pool, drop the first N of the fixed shuffle (those the SFT saw)
 VAL_SAMPLES = 0           # > 0: hold out the last N samples; their greedy slow-mode EW-F1 goes to log.jsonl
 VAL_EVERY = 10            # steps between those scores (and one before the first step)
 VAL_MAX_NEW_TOKENS = 192  # greedy slow-mode limit of those scores (evaluate.py's)
@@ -136,6 +138,9 @@ if not samples:
     raise SystemExit(f"{TRAIN}: no samples left after skip_samples={SKIP_SAMPLES} and val_samples={VAL_SAMPLES}")
 wheels = wheel.load_wheels(WHEELS or None)
 unmapped = data.report_unmapped(TRAIN, samples, wheels) if master else None
+if MIX_TRAIN:  # the start's own data beside the new: GRPO on the new alone can unlearn the old
+    mix = data.select(data.load_samples(MIX_TRAIN, SKIP_MISSING_MEDIA, need=("openset",)), MIX_SKIP_SAMPLES)
+    samples = data.interleave(samples, mix)
 reward_wheels = [int(k) - 1 for k in str(REWARD_WHEELS).split(",")]
 calibrate = VARIANT in rewards.CALIBRATED
 per_step = PROMPTS * GRAD_ACCUM * accelerator.num_processes
@@ -253,7 +258,7 @@ if master:
     run.truncate_log(OUT_DIR, step)  # a resumed run rewrites what came after its checkpoint
 log = open(os.path.join(OUT_DIR, "log.jsonl"), "a") if master else None
 if master:
-    log.write(json.dumps({"event": "start", "step": step, **engine_info}) + "\n")
+    log.write(json.dumps({"event": "start", "step": step, **engine_info, "pool": len(samples)}) + "\n")
 if unmapped is not None:
     log.write(json.dumps({"event": "data", "train": TRAIN, "unmapped_label_words": unmapped}) + "\n")
 total_steps = MAX_STEPS or EPOCHS * len(samples) // per_step

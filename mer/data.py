@@ -241,6 +241,13 @@ def select(samples, skip=0, take=0, seed=0):
     return order[:take] if take else order
 
 
+def interleave(a, b):
+    """a0, b0, a1, b1, ...: the shorter list cycled to the longer one's length, so that a shuffled
+    stream over the result (batch_at) takes half of its samples from each."""
+    n = max(len(a), len(b))
+    return [s for i in range(n) for s in (a[i % len(a)], b[i % len(b)])]
+
+
 def batch_at(samples, position, count, seed, rank=0, world=1):
     """(position, sample) pairs for data positions position .. position + count - 1 of an endless
     stream that visits the samples in a fixed shuffle per epoch; this process keeps every

@@ -174,6 +174,14 @@ def test_batch_at_is_a_fixed_stream_split_over_ranks():
         == [full[0], full[2], full[1], full[3]]
 
 
+def test_interleave_draws_half_from_each_pool():
+    assert mer.data.interleave(list("abcde"), [1, 2]) == ["a", 1, "b", 2, "c", 1, "d", 2, "e", 1]
+    assert mer.data.interleave([1], list("xyz")) == [1, "x", 1, "y", 1, "z"]
+    pool = mer.data.interleave(list(range(100)), ["t"] * 7)
+    drawn = [s for _, s in mer.data.batch_at(pool, 0, 200, seed=3)]  # one epoch's shuffle of the 200
+    assert drawn.count("t") == 100 and sorted(x for x in drawn if x != "t") == list(range(100))
+
+
 def test_real_layouts_report_their_unmapped_label_words(tmp_path, capsys):
     import wheel
     wheels = wheel.load_wheels()
