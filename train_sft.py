@@ -93,6 +93,10 @@ if missing:
 per_step = BATCH_SIZE * GRAD_ACCUM * accelerator.num_processes
 total_steps = MAX_STEPS or EPOCHS * len(samples) // per_step
 
+if master:  # claim the folder before minutes of loading; --model is verified as a resumed checkpoint is
+    os.makedirs(OUT_DIR, exist_ok=True)
+    run.take_lock(OUT_DIR)
+    checkpoints.verify_model(MODEL)
 ckpt = checkpoints.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME and master else None
 ckpt = broadcast_object_list([ckpt])[0]  # rank 0 decides: a rank that cannot see the folder must not start over alone
 state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False) if ckpt else None
@@ -154,7 +158,6 @@ def save():
 os.makedirs(OUT_DIR, exist_ok=True)
 accelerator.init_trackers("tracker", config={k: str(v) for k, v in settings.items()})
 if master:
-    run.take_lock(OUT_DIR)
     run.truncate_log(OUT_DIR, step)  # a resumed run rewrites what came after its checkpoint
 log = open(os.path.join(OUT_DIR, "log.jsonl"), "a") if master else None
 if master:

@@ -1,11 +1,13 @@
 """Checkpoints: an HF-format folder (`from_pretrained` loads it) plus `trainer_state.pt` (optimizer,
 RNG, step, data position), a model card and `checksums.json`, written atomically; finding the one
 to resume or evaluate, verifying it, and refusing to resume it with other settings."""
+import errno
 import hashlib
 import json
 import os
 import shutil
 import sys
+import time
 
 import torch
 
@@ -43,25 +45,56 @@ def file_checksums(folder):
     return out
 
 
-def corrupt_files(folder):
-    """Files of a checkpoint that are missing or differ from its checksums.json ([] without one)."""
+LOADED_ONLY = ("README.md", "trainer_state.pt")  # files a model is loaded without: evaluation and predict skip them
+
+
+def corrupt_files(folder, skip=()):
+    """Files of a checkpoint that are missing or differ from its checksums.json ([] without one;
+    the names in `skip` are not checked). A checksums.json that is not the JSON a save wrote is
+    an error naming it."""
     path = os.path.join(folder, "checksums.json")
     if not os.path.isfile(path):
         return []
-    saved, now = json.load(open(path)), file_checksums(folder)
-    return [name for name, digest in saved.items() if now.get(name) != digest]
+    try:
+        saved = json.load(open(path))
+        assert isinstance(saved, dict)
+    except (ValueError, AssertionError):
+        raise SystemExit(f"{path}: damaged (not the JSON a save writes), so nothing in {folder} can be verified; "
+                         f"delete it to load the folder unverified")
+    now = file_checksums(folder)
+    return [name for name, digest in saved.items() if name not in skip and now.get(name) != digest]
 
 
-def verify_checkpoint(folder):
+def verify_checkpoint(folder, skip=(), retry_s=5.0):
     """Stop with the name of the first corrupt or truncated file of a checkpoint; offer
-    `folder.old` (what an interrupted save leaves) when it is intact."""
-    bad = corrupt_files(folder)
+    `folder.old` (what an interrupted save leaves) when it is intact. A folder without
+    checksums.json is loaded with a warning. While a save replaces the folder (`folder.tmp`
+    exists) a mismatch is retried for `retry_s`, then called a save in progress, never corrupt."""
+    if not os.path.isfile(os.path.join(folder, "checksums.json")):
+        if os.path.isdir(folder):
+            print(f"warning: {folder} has no checksums.json: its files cannot be verified", file=sys.stderr)
+        return
+    bad = corrupt_files(folder, skip)
+    waited = 0.0
+    while bad and os.path.isdir(folder + ".tmp") and waited < retry_s:  # a save is writing: it renames soon
+        time.sleep(0.5)
+        waited += 0.5
+        bad = corrupt_files(folder, skip) if os.path.isfile(os.path.join(folder, "checksums.json")) else bad
+    if bad and os.path.isdir(folder + ".tmp"):
+        raise SystemExit(f"{folder} is being replaced by a save in progress ({folder}.tmp exists); retry in a moment")
     if bad:
         old = folder + ".old"
         hint = (f"{old} is intact: move it over {folder} to go on from it" if os.path.isdir(old) and not
-                corrupt_files(old) else f"delete {folder} (or pass --resume=False) to start again")
+                corrupt_files(old, skip) else f"delete {folder} (or pass --resume=False) to start again")
         raise SystemExit(f"{os.path.join(folder, bad[0])}: missing or not what was saved (the checksum in "
                          f"checksums.json differs): the checkpoint is corrupt or truncated; {hint}")
+
+
+def verify_model(name):
+    """Verify a model folder given as --init / --model / --ckpt (a name like smollm2 or tiny: nothing
+    to verify) on the files a load reads."""
+    if os.path.isfile(os.path.join(name, "config.json")):
+        verify_checkpoint(name, skip=LOADED_ONLY)
 
 
 def save_checkpoint(path, model, tokenizer, state, processor=None, last=None):
@@ -76,22 +109,38 @@ def save_checkpoint(path, model, tokenizer, state, processor=None, last=None):
                          f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); nothing saved, "
                          f"{path if os.path.isdir(path) else 'no checkpoint'} kept; lower --lr")
     shutil.rmtree(tmp, ignore_errors=True)
-    adapters = models.lora_state(model)
-    model.save_pretrained(tmp, state_dict=models.merged_state_dict(model) if adapters else None)
-    if adapters:  # resuming needs them apart from the merged weights
-        from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in adapters.items()}, os.path.join(tmp, "adapters.safetensors"))
-    (processor or tokenizer).save_pretrained(tmp)
-    torch.save(state, os.path.join(tmp, "trainer_state.pt"))
-    with open(os.path.join(tmp, "README.md"), "w") as f:
-        f.write(model_card(state, last))
-    with open(os.path.join(tmp, "checksums.json"), "w") as f:
-        json.dump(file_checksums(tmp), f, indent=1)
+    try:
+        adapters = models.lora_state(model)
+        model.save_pretrained(tmp, state_dict=models.merged_state_dict(model) if adapters else None)
+        if adapters:  # resuming needs them apart from the merged weights
+            from safetensors.torch import save_file
+            save_file({k: v.contiguous() for k, v in adapters.items()}, os.path.join(tmp, "adapters.safetensors"))
+        (processor or tokenizer).save_pretrained(tmp)
+        torch.save(state, os.path.join(tmp, "trainer_state.pt"))
+        with open(os.path.join(tmp, "README.md"), "w") as f:
+            f.write(model_card(state, last))
+        with open(os.path.join(tmp, "checksums.json"), "w") as f:
+            json.dump(file_checksums(tmp), f, indent=1)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) or "failed writing" in str(e):
+            raise SystemExit(f"no space left in {os.path.dirname(os.path.abspath(path))}: step {state.get('step')} "
+                             f"was not saved ({path if os.path.isdir(path) else 'no checkpoint'} kept as it was); "
+                             f"free some space and resume")
+        raise
     if os.path.isdir(path):
+        kept = sorted(n for n in os.listdir(path) if not os.path.exists(os.path.join(tmp, n)))
+        for name in kept:  # a user's notes, an evaluation written inside: a save never deletes what it did not write
+            shutil.move(os.path.join(path, name), os.path.join(tmp, name))
+        if kept:
+            print(f"{path}: kept {', '.join(kept)} (not written by the save, not in checksums.json)", file=sys.stderr)
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+    for name in ("log.jsonl.old", "completions.jsonl.old"):  # an earlier run's logs (run.truncate_log): its checkpoint is gone now
+        if os.path.isfile(os.path.join(os.path.dirname(path), name)):
+            os.remove(os.path.join(os.path.dirname(path), name))
 
 
 def find_checkpoint(path):
@@ -117,7 +166,7 @@ def find_model(ckpt):
             if os.path.isfile(os.path.join(p, "config.json")):
                 if p != path:
                     print(f"{path} is missing; evaluating {p}, left by an interrupted save", file=sys.stderr)
-                verify_checkpoint(p)
+                verify_checkpoint(p, skip=LOADED_ONLY)
                 return p
     return ckpt or "smollm2"
 

@@ -105,21 +105,42 @@ def load_model(name="smollm2", dtype=torch.float32, seed=0):
     path = model_path(name)
     try:
         model_type = AutoConfig.from_pretrained(path).model_type
-    except OSError as e:  # a missing folder reaches the hub (offline here): say what was asked for
-        raise SystemExit(f"{name}: no such checkpoint or model; pass a folder written by train_sft.py / "
-                         f"train_grpo.py, smollm2, tiny, tiny-omni or a reachable hub id ({str(e).splitlines()[0]})")
-    if model_type == "qwen2_5_omni_thinker":
-        from transformers import Qwen2_5OmniThinkerForConditionalGeneration
-        model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(path, dtype=dtype)
-    elif model_type == "qwen2_5_omni":
-        from transformers import Qwen2_5OmniForConditionalGeneration
-        model = Qwen2_5OmniForConditionalGeneration.from_pretrained(path, dtype=dtype, enable_audio_output=False).thinker
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    tok = AutoTokenizer.from_pretrained(path)
+        if model_type == "qwen2_5_omni_thinker":
+            from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+            model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        elif model_type == "qwen2_5_omni":
+            from transformers import Qwen2_5OmniForConditionalGeneration
+            model = Qwen2_5OmniForConditionalGeneration.from_pretrained(path, dtype=dtype, enable_audio_output=False).thinker
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # a missing folder reaches the hub (offline here); a damaged file raises its library's error
+        if not os.path.isdir(path):
+            raise SystemExit(f"{name}: no such checkpoint or model; pass a folder written by train_sft.py / "
+                             f"train_grpo.py, smollm2, tiny, tiny-omni or a reachable hub id ({str(e).splitlines()[0]})")
+        raise SystemExit(f"{damaged_file(path) or path}: cannot be loaded ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0][:200]}); the file is damaged or missing: copy the "
+                         f"checkpoint again, or use another one")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
+
+
+def damaged_file(path):
+    """The first file of a model folder that does not parse (its JSON files, the weights' header),
+    to name in an error; None when each one does."""
+    import json
+    from safetensors import safe_open
+    for name in sorted(os.listdir(path)):
+        f = os.path.join(path, name)
+        try:
+            if name.endswith(".json"):
+                json.load(open(f))
+            elif name.endswith(".safetensors"):
+                safe_open(f, "pt").keys()
+        except Exception:
+            return f
+    return None
 
 
 def load_processor(name):

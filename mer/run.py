@@ -261,10 +261,15 @@ def read_log(path):
 
 def truncate_log(out_dir, step, names=("log.jsonl", "completions.jsonl")):
     """Keep only the records of the run's logs up to `step` (the checkpoint a run resumes from), so
-    that every step appears once after a resume."""
+    that every step appears once after a resume. A run that starts at step 0 (--resume=False over
+    an old run) moves the old logs to NAME.old, which its first save deletes: until then the old
+    checkpoint keeps its log."""
     for name in names:
         path = os.path.join(out_dir, name)
         if not os.path.isfile(path):
+            continue
+        if step == 0:
+            os.replace(path, path + ".old")
             continue
         keep = [json.dumps(r) + "\n" for r in read_log(path) if r.get("step", 0) <= step]
         with open(path + ".tmp", "w") as f:

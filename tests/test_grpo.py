@@ -304,13 +304,14 @@ def test_grad_clip_zero_means_no_clipping(tiny_sft, tmp_path):
     assert rec["grad_norm"] > 0 and any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_a_second_run_into_the_same_out_dir_is_refused(tmp_path):
+def test_a_second_run_into_the_same_out_dir_is_refused(tiny_sft, tmp_path):
     other = subprocess.Popen(["sleep", "60"])  # another live process holds the folder
     (tmp_path / "lock").write_text(str(other.pid))
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "train_grpo.py"), "--init=tiny", f"--out_dir={tmp_path}",
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train_grpo.py"), f"--init={tiny_sft}", f"--out_dir={tmp_path}",
                         "--max_steps=1", *SMALL], capture_output=True, text=True, cwd=ROOT)
     other.kill()
     assert r.returncode != 0 and f"in use by process {other.pid}" in r.stderr
+    assert "Loading weights" not in r.stderr  # refused before the model loads
     (tmp_path / "lock").write_text("999999999")  # a dead process's lock is taken over
     _run(["--init=tiny", f"--out_dir={tmp_path}", "--max_steps=1", "--max_new_tokens=8", *SMALL[:2], *SMALL[3:]])
     assert not (tmp_path / "lock").exists()

@@ -1,4 +1,5 @@
 import importlib.util
+import os
 
 import pytest
 
@@ -31,3 +32,19 @@ def test_smollm2_cache_equals_the_gguf_model():
 def test_a_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no such checkpoint or model"):
         mer.models.load_model(str(tmp_path / "nowhere" / "last"))
+
+
+def test_a_damaged_model_file_is_named_in_one_line(tmp_path):
+    import mer.checkpoints
+    model, tok = mer.models.load_model("tiny")
+    path = str(tmp_path / "last")
+    mer.checkpoints.save_checkpoint(path, model, tok, {"step": 1, "config": {}})
+    weights = os.path.join(path, "model.safetensors")
+    data = open(weights, "rb").read()
+    open(weights, "wb").write(data[:len(data) // 2])                         # truncated by a copy
+    with pytest.raises(SystemExit, match=r"last/model.safetensors: cannot be loaded \(SafetensorError"):
+        mer.models.load_model(path)
+    open(weights, "wb").write(data)
+    open(os.path.join(path, "config.json"), "w").write("{oops")
+    with pytest.raises(SystemExit, match=r"last/config.json: cannot be loaded .* damaged or missing"):
+        mer.models.load_model(path)

@@ -43,6 +43,17 @@ def test_resume_truncates_both_logs(tmp_path):
         assert [json.loads(line)["step"] for line in open(tmp_path / name)] == [1, 2, 2]
 
 
+def test_a_fresh_start_keeps_the_old_log_until_its_first_save(tmp_path):
+    model, tok = mer.models.load_model("tiny")
+    mer.checkpoints.save_checkpoint(str(tmp_path / "last"), model, tok, {"step": 5, "config": {}})
+    old = "".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3, 4, 5))
+    (tmp_path / "log.jsonl").write_text(old)
+    mer.run.truncate_log(str(tmp_path), 0)                 # --resume=False: the new run starts, saves nothing yet
+    assert not (tmp_path / "log.jsonl").exists() and (tmp_path / "log.jsonl.old").read_text() == old
+    mer.checkpoints.save_checkpoint(str(tmp_path / "last"), model, tok, {"step": 1, "config": {}})
+    assert not (tmp_path / "log.jsonl.old").exists()       # the old checkpoint is gone, and its log with it
+
+
 @pytest.mark.parametrize("script", ["train_sft.py", "train_grpo.py", "evaluate.py", "predict.py", "bench/bandwidth.py",
                                     "bench/trl_grpo.py"])
 def test_scripts_set_the_openmp_wait_policy_before_torch_loads(script):
