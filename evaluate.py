@@ -354,7 +354,7 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
             dup = next(n for n in names if names.count(n) > 1)
             raise SystemExit(f"{spec}: sample name {dup!r} appears {names.count(dup)} times (samples "
                              f"{[i + 1 for i, n in enumerate(names) if n == dup]}); names must be unique")
-        unmapped = data.report_unmapped(spec, samples, wheels) if task != "sentiment" else None
+        unmapped = data.report_unmapped(spec, samples, wheels, task) if task != "sentiment" else None
         if task == "sentiment":
             bad = [s["name"] for s in samples if "valence" not in s]
             if bad:

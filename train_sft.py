@@ -104,6 +104,8 @@ if ckpt:
     checkpoints.check_resume(ckpt, state, settings, per_step)
 model, tokenizer = models.load_model(ckpt or MODEL)
 samples = prompts.fit_prompts(samples, tokenizer, MAX_PROMPT_TOKENS)
+if master:
+    prompts.warn_cut_targets(samples, tokenizer, MAX_LEN, "fast" if FAST_FRACTION == 1 else "slow")
 processor = models.load_processor(ckpt or MODEL)  # None for text-only models
 if TAG_TOKENS not in ("auto", "always", "never"):
     raise SystemExit(f"--tag_tokens={TAG_TOKENS!r}: choose auto, always or never")

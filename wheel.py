@@ -283,6 +283,13 @@ def coverage(word_lists, wheels):
     return (sum(unmapped.values()) / total if total else 0.0), unmapped
 
 
+def blind_lists(word_lists, wheels):
+    """Indices of the word lists none of whose words maps to a category in any wheel: samples with
+    such labels get reward 0 whatever a model answers, and no metric scores them."""
+    unmapped = coverage(word_lists, wheels)[1]
+    return [i for i, words in enumerate(word_lists) if all(not _clean(w) or _clean(w) in unmapped for w in words)]
+
+
 if __name__ == "__main__":
     # python wheel.py --coverage=LABELS.csv [--wheels=DIR]: the share of label words the wheels leave
     # unmapped (CSV with columns name,openset; openset parsed as the official evaluator does)

@@ -213,13 +213,25 @@ def write_csv(path, header, rows):
 UNMAPPED_WARN = 0.10  # above this share of unmapped label words, the real-data report warns
 
 
-def report_unmapped(spec, samples, wheels):
-    """For a real layout (`KIND:DIR`): print once the share of label words that the wheels map to
-    nothing (they are invisible to the rewards and the metrics), warn above UNMAPPED_WARN with the
-    fix, and return the share; None for bundled splits and .jsonl files."""
+def report_unmapped(spec, samples, wheels, task="fine"):
+    """Warn with a count when some samples' labels map to nothing in any wheel (their rewards are 0
+    whatever the model answers) and refuse when no sample's do. For a real layout (`KIND:DIR`) also
+    print the share of label words that map to nothing, warn above UNMAPPED_WARN with the fix, and
+    return that share; None for bundled splits and .jsonl files."""
+    lists = [wheel.split_words((s.get("basic") if task == "basic" else None) or s.get("openset") or "") for s in samples]
+    blind = wheel.blind_lists(lists, wheels)
+    if samples and len(blind) == len(samples):
+        raise SystemExit(f"{spec}: no sample's labels map to a category in any wheel of {wheels.source} (e.g. "
+                         f"{samples[0]['name']!r}: {samples[0].get('openset')!r}), so every reward would be 0; "
+                         f"check the labels, or pass --wheels=DIR with the official MER-UniBench files")
+    if blind:
+        s = samples[blind[0]]
+        print(f"warning: {spec}: {len(blind)} of {len(samples)} samples have labels that map to nothing in any wheel "
+              f"(e.g. {s['name']!r}: {s.get('openset')!r}); their rewards are 0 whatever the model answers",
+              file=sys.stderr)
     if ":" not in spec or spec.endswith(".jsonl"):
         return None
-    share, unmapped = wheel.coverage([wheel.string_to_list(s["openset"]) for s in samples if s.get("openset")], wheels)
+    share, unmapped = wheel.coverage([words for words in lists if words], wheels)
     top = ", ".join(w for w, _ in sorted(unmapped.items(), key=lambda t: -t[1])[:8])
     print(f"{spec}: {100 * share:.1f}% of the label words map to nothing in the wheels of {wheels.source}"
           + (f" (most frequent: {top})" if top else ""), file=sys.stderr)

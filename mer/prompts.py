@@ -98,6 +98,20 @@ def encode_sft(prompt_ids, sample, tokenizer, mode="slow", max_len=512):
     return list(prompt_ids) + target, [-100] * len(prompt_ids) + target
 
 
+def warn_cut_targets(samples, tokenizer, max_len, mode="slow"):
+    """Count the SFT samples whose target encode_sft would cut at `max_len` (text prompts; media
+    tokens are not counted) and warn once with the count: a cut target never shows the model the
+    end of its answer. Returns the count."""
+    def length(s):
+        text = prompt_text(s, tokenizer, mode) + sft_target(s, mode)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1  # + the end-of-turn token
+    cut = [s["name"] for s in samples if length(s) > max_len]
+    if cut:
+        print(f"warning: {len(cut)} of {len(samples)} SFT targets are cut at --max_len={max_len} (e.g. {cut[0]!r}): "
+              f"the model never sees the end of their answers; raise --max_len", file=sys.stderr)
+    return len(cut)
+
+
 def fit_prompts(samples, tokenizer, max_tokens):
     """Cut the subtitle of every sample whose text prompt is longer than `max_tokens` tokens (an
     over-long subtitle would run out of memory in a batch), with one warning that counts them; a

@@ -182,6 +182,20 @@ def test_interleave_draws_half_from_each_pool():
     assert drawn.count("t") == 100 and sorted(x for x in drawn if x != "t") == list(range(100))
 
 
+def test_training_counts_samples_whose_labels_map_to_nothing_and_refuses_when_none_map(capsys):
+    import wheel
+    wheels = wheel.load_wheels()
+    samples = [{"name": "a", "openset": "happy, xyzzy"}, {"name": "b", "openset": "neutral；xyzzy"},
+               {"name": "c", "openset": "dissatisfied"}]
+    assert mer.data.report_unmapped("train", samples, wheels) is None
+    assert "warning: train: 1 of 3 samples have labels that map to nothing in any wheel (e.g. 'b'" in capsys.readouterr().err
+    assert mer.data.report_unmapped("train", [samples[0], samples[2]], wheels) is None
+    assert capsys.readouterr().err == ""
+    with pytest.raises(SystemExit, match="x.jsonl: no sample's labels map to a category in any wheel .* every reward would be 0"):
+        mer.data.report_unmapped("x.jsonl", [samples[1], {"name": "d", "openset": ""}], wheels)
+    assert mer.data.report_unmapped("goemotions/train", mer.data.load_split("goemotions/train")[:2000], wheels) is None
+
+
 def test_real_layouts_report_their_unmapped_label_words(tmp_path, capsys):
     import wheel
     wheels = wheel.load_wheels()

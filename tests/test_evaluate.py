@@ -101,6 +101,17 @@ def test_score_only_refuses_labels_that_score_nothing(tmp_path):
         assert out.returncode != 0 and "nothing can be scored" in out.stderr and "l.csv" in out.stderr
 
 
+def test_evaluate_refuses_a_split_that_scores_nothing_in_every_label_task(tmp_path):
+    rows = [{"name": "a", "subtitle": "ok", "openset": "neutral", "basic": "xyzzy"},
+            {"name": "b", "subtitle": "hm", "openset": "xyzzy; neutral", "basic": "neutral"}]
+    split = tmp_path / "s.jsonl"
+    split.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for task in ("fine", "basic"):
+        out = _run("--ckpt=tiny", f"--splits={task}:{split}", f"--out_dir={tmp_path / task}", "--threads=1")
+        assert out.returncode != 0 and "no sample's labels map to a category in any wheel" in out.stderr, out.stderr[-800:]
+        assert not (tmp_path / task / f"preds_s_{'slow' if task == 'fine' else 'fast'}.csv").exists()
+
+
 def test_score_only_bad_inputs(tmp_path):
     good = _write(tmp_path / "l.csv", ["name", "openset"], [["a", "happy"]])
     no_name = _write(tmp_path / "p.csv", ["name", "openset"], [["a", "happy"], ["", "sad"]])

@@ -113,3 +113,18 @@ def test_tag_tokens_make_the_answer_start_a_token_boundary_under_qwen2_pre_token
     assert emb.shape[0] == len(tok) and i >= len(before)
     assert torch.allclose(emb[i], before[pieces].mean(0))
     assert torch.allclose(model.get_output_embeddings().weight[i], head_before[pieces].mean(0))
+
+
+@pytest.mark.parametrize("max_len", [256, 300, 384])
+def test_sft_warns_with_the_count_of_targets_it_cuts(max_len, capsys):
+    samples = mer.data.load_split("train")[:40]
+    cut = 0
+    for s in samples:   # what collate does: a target is cut when it loses its end-of-turn token
+        prompt = mer.inputs.encode_prompts([s], TOK, "slow")[0][0]
+        ids, _ = mer.prompts.encode_sft(prompt, s, TOK, "slow", max_len)
+        cut += ids[-1] != TOK.eos_token_id
+    assert mer.prompts.warn_cut_targets(samples, TOK, max_len) == cut
+    err = capsys.readouterr().err
+    assert (f"warning: {cut} of 40 SFT targets are cut at --max_len={max_len}" in err) if cut else err == ""
+    if max_len == 256:
+        assert cut == 40       # the tiny tokenizer's prompts alone fill 256 tokens
