@@ -35,7 +35,8 @@ THREADS = 0
 def clip_sample():
     """The sample to ask about, from --sample or from the clip flags; errors before a model loads."""
     if SAMPLE:
-        spec, _, name = SAMPLE.rpartition(":")
+        spec, sep, name = SAMPLE.partition(".jsonl:")  # a sample name may hold ':' itself
+        spec, name = (spec + ".jsonl", name) if sep else SAMPLE.partition(":")[::2]
         if not spec or not name:
             raise SystemExit(f"--sample={SAMPLE!r}: write FILE.jsonl:NAME or SPLIT:NAME")
         samples = data.load_samples(spec)

@@ -97,7 +97,7 @@ run.check_settings([
     (TEMPERATURE > 0, f"--temperature={TEMPERATURE}: GRPO needs sampled completions (greedy groups are identical)"),
     (min(LR, GRAD_CLIP, BETA, LORA_R, ETA) >= 0 and 0 < TOP_P <= 1,
      "--lr, --grad_clip, --beta, --lora_r, --eta must be >= 0 (0: no clipping, no LoRA), --top_p in (0, 1]"),
-    *run.training_checks(LR, SAVE_EVERY, STOP_AFTER, WARMUP_STEPS, MIN_LR_RATIO, THREADS),
+    *run.training_checks(LR, SAVE_EVERY, STOP_AFTER, WARMUP_STEPS, MIN_LR_RATIO, THREADS, MAX_STEPS, EPOCHS),
     (min(MAX_SAMPLES, SKIP_SAMPLES, MAX_STEPS, VAL_SAMPLES) >= 0 and VAL_EVERY >= 1,
      "--max_samples, --skip_samples, --max_steps, --val_samples must be >= 0, --val_every >= 1"),
     (all(k.strip() in ("1", "2", "3", "4", "5") for k in str(REWARD_WHEELS).split(",")),

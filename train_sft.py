@@ -62,7 +62,7 @@ run.check_settings([
     (MAX_SAMPLES >= 0 and SKIP_SAMPLES >= 0 and MAX_STEPS >= 0, "--max_samples, --skip_samples, --max_steps must be >= 0"),
     (0 <= FAST_FRACTION <= 1, f"--fast_fraction={FAST_FRACTION}: a share between 0 and 1"),
     (PRECISION in ("auto", "bf16", "fp32"), f"--precision={PRECISION!r}: choose auto, bf16 or fp32"),
-    *run.training_checks(LR, SAVE_EVERY, STOP_AFTER, WARMUP_STEPS, MIN_LR_RATIO, THREADS),
+    *run.training_checks(LR, SAVE_EVERY, STOP_AFTER, WARMUP_STEPS, MIN_LR_RATIO, THREADS, MAX_STEPS, EPOCHS),
 ])
 run.check_writable(OUT_DIR)
 log_with = run.trackers(LOG_WITH)

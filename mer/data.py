@@ -58,6 +58,9 @@ def read_jsonl(path, need=()):
                 s = json.loads(line)
             except json.JSONDecodeError as e:
                 raise SystemExit(f"{path}, line {i}: not valid JSON ({e.msg})")
+            if isinstance(s, list):
+                raise SystemExit(f"{path}, line {i}: a JSON array; the file must hold JSON lines: one sample object "
+                                 f"per line")
             check_sample(s, f"{path}, line {i}", need)
             if s["name"] in lines:
                 raise SystemExit(f"{path}, line {i}: the name {s['name']!r} is taken by line {lines[s['name']]}; "
@@ -72,6 +75,13 @@ def read_jsonl(path, need=()):
 def load_split(split, need=()):
     """A bundled split by name (train, test_fine, test_basic, test_sentiment) or a JSONL path."""
     path = split if split.endswith(".jsonl") else os.path.join(DATA_DIR, f"{split}.jsonl")
+    if not split.endswith(".jsonl") and not os.path.isfile(path):  # name what was typed, not the path tried
+        bundled = sorted(os.path.relpath(os.path.join(d, f), DATA_DIR)[:-6] for d, _, fs in os.walk(DATA_DIR)
+                         for f in fs if f.endswith(".jsonl"))
+        what = "a folder" if os.path.isdir(split) else "not JSON lines (.jsonl)" if os.path.isfile(split) else \
+            "no bundled split of that name"
+        raise SystemExit(f"{split}: {what}; pass a .jsonl file (one sample object per line), a bundled split "
+                         f"({', '.join(bundled)}) or KIND:DIR for a real layout")
     return read_jsonl(path, need)
 
 
@@ -143,6 +153,9 @@ def load_samples(spec, skip_missing_media=False, need=()):
     kind, sep, root = spec.partition(":")
     if kind in TASKS:
         return load_samples(root, skip_missing_media, need)
+    if sep and spec.endswith(".jsonl") and not os.path.isfile(spec) and os.path.isfile(root):
+        raise SystemExit(f"{spec}: unknown prefix {kind + ':'!r}; a .jsonl file may carry a TASK: prefix with TASK in "
+                         f"{', '.join(TASKS)}")
     if not sep or spec.endswith(".jsonl"):
         return check_media_paths(load_split(spec, need), spec, skip_missing_media)
     if kind == "mercaptionplus":

@@ -88,7 +88,11 @@ def encode_prompts(samples, tokenizer, modes, processor=None):
                 for s, m in zip(samples, modes)], {}
     missing = [s["name"] for s in samples if not s.get("video_path")]
     if missing:
-        raise SystemExit(f"sample {missing[0]!r} has no video_path: a batch is all multimodal or all text")
+        audio_only = next((s for s in samples if s.get("audio_path") and not s.get("video_path")), None)
+        raise SystemExit(f"sample {missing[0]!r} has no video_path: " + (
+            "audio without a video is not supported (Qwen2.5-Omni gets the video's frames and its sound or the "
+            "given audio); pass --video too, or clues as text (--audio_text)" if audio_only else
+            "a batch is all multimodal or all text"))
     batch = processor(text=[prompt_text(s, tokenizer, m, media=True) for s, m in zip(samples, modes)],
                       videos=[read_video(s["video_path"]) for s in samples],
                       audio=[read_audio(s.get("audio_path") or s["video_path"]) for s in samples],

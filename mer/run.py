@@ -78,11 +78,13 @@ def check_settings(checks):
         raise SystemExit("bad settings:\n  " + "\n  ".join(bad))
 
 
-def training_checks(lr, save_every, stop_after, warmup, min_lr_ratio, threads):
+def training_checks(lr, save_every, stop_after, warmup, min_lr_ratio, threads, max_steps=1, epochs=1):
     """The settings checks both training scripts share (for check_settings): a finite learning rate
     (`--lr=1e999` parses as inf, and one step would make every weight NaN), checkpoints every
-    >= 1 steps, a schedule that never turns into gradient ascent, threads >= 0."""
+    >= 1 steps, a schedule that never turns into gradient ascent, threads >= 0, something to train."""
     return [(math.isfinite(lr) and lr >= 0, f"--lr={lr}: a finite number >= 0"),
+            (max_steps > 0 or epochs > 0, f"--max_steps={max_steps} and --epochs={epochs}: nothing to train; set "
+                                          f"--max_steps (steps) or --epochs (passes over the data, with --max_steps=0)"),
             (save_every >= 1, f"--save_every={save_every}: steps between checkpoints, at least 1"),
             (stop_after >= 0 and warmup >= 0, f"--stop_after={stop_after}, --warmup_steps={warmup}: 0 or more"),
             (0 <= min_lr_ratio <= 1, f"--min_lr_ratio={min_lr_ratio}: a share of --lr between 0 and 1"),
@@ -186,8 +188,9 @@ def clip_and_check(accelerator, parameters, loss, clip, step, out_dir):
     DeepSpeed, which clips inside its own step)."""
     norm = accelerator.clip_grad_norm_(parameters, clip or float("inf"))
     if not (torch.isfinite(loss) and (norm is None or math.isfinite(float(norm)))):
-        raise SystemExit(f"step {step}: non-finite loss ({loss.item()}) or gradient norm ({None if norm is None else float(norm)}); stopped "
-                         f"without saving, {out_dir}/last keeps the last good checkpoint")
+        kept = f"{out_dir}/last keeps the last good checkpoint" if os.path.isdir(f"{out_dir}/last") else "no checkpoint saved yet"
+        raise SystemExit(f"step {step}: non-finite loss ({loss.item()}) or gradient norm ({None if norm is None else float(norm)}); "
+                         f"stopped without saving ({kept}); lower --lr, or resume to retry from the checkpoint")
     return norm
 
 

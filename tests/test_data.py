@@ -174,6 +174,19 @@ def test_batch_at_is_a_fixed_stream_split_over_ranks():
         == [full[0], full[2], full[1], full[3]]
 
 
+def test_a_training_file_that_is_not_json_lines_is_named_as_typed(tmp_path):
+    (tmp_path / "arr.jsonl").write_text('[{"name": "a", "subtitle": "x", "openset": "happy"}]\n')
+    with pytest.raises(SystemExit, match=r"arr.jsonl, line 1: a JSON array; the file must hold JSON lines"):
+        mer.data.load_samples(str(tmp_path / "arr.jsonl"))
+    (tmp_path / "s.json").write_text('{"name": "a", "subtitle": "x", "openset": "happy"}\n')
+    for spec, what in ((str(tmp_path), "a folder"), (str(tmp_path / "s.json"), r"not JSON lines \(.jsonl\)"),
+                       ("tarin", "no bundled split of that name")):
+        with pytest.raises(SystemExit, match=rf"^{spec}: {what}; pass a .jsonl file .*goemotions/train, .* train\) or KIND:DIR"):
+            mer.data.load_samples(spec)
+    with pytest.raises(SystemExit, match=r"unknown prefix 'fien:'; a .jsonl file may carry a TASK: prefix"):
+        mer.data.load_samples(f"fien:{tmp_path / 'arr.jsonl'}")      # a typo, not "no such file"
+
+
 def test_interleave_draws_half_from_each_pool():
     assert mer.data.interleave(list("abcde"), [1, 2]) == ["a", 1, "b", 2, "c", 1, "d", 2, "e", 1]
     assert mer.data.interleave([1], list("xyz")) == [1, "x", 1, "y", 1, "z"]

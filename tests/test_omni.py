@@ -138,6 +138,11 @@ def test_one_function_turns_samples_into_inputs(media):
     text_tok = mer.models.tiny_tokenizer()
     (ids,), none = mer.inputs.encode_prompts([dict(sample, video="She smiles.")], text_tok, "slow", None)
     assert none == {} and "Video clues: She smiles." in text_tok.decode(ids)
+    # audio alone, and a batch that mixes media and text, are refused in words that say which
+    with pytest.raises(SystemExit, match="'y' has no video_path: audio without a video is not supported.*pass --video"):
+        mer.inputs.encode_prompts([{"name": "y", "subtitle": "hm", "audio_path": media["wav"]}], tok, "slow", processor)
+    with pytest.raises(SystemExit, match="'z' has no video_path: a batch is all multimodal or all text"):
+        mer.inputs.encode_prompts([sample, {"name": "z", "subtitle": "hm"}], tok, "slow", processor)
 
 
 def test_prompt_once_per_group_equals_the_full_sequences(media):

@@ -44,6 +44,15 @@ def test_predict_command_on_the_tiny_model(monkeypatch):
     assert predict.clip_sample()["openset"] == "happy"
 
 
+def test_a_sample_name_with_a_colon_is_reachable(monkeypatch, tmp_path):
+    path = tmp_path / "clips.jsonl"
+    path.write_text('{"name": "ep1:12:03", "subtitle": "hi", "openset": "calm"}\n')
+    monkeypatch.setattr(predict, "SAMPLE", f"{path}:ep1:12:03")
+    assert predict.clip_sample()["openset"] == "calm"
+    monkeypatch.setattr(predict, "SAMPLE", f"fine:{path}:ep1:12:03")
+    assert predict.clip_sample()["name"] == "ep1:12:03"
+
+
 @pytest.mark.parametrize("flags, message", [
     ({}, "nothing to ask about"),
     ({"VIDEO": "/nonexistent/clip.mp4"}, "--video=/nonexistent/clip.mp4: no such file"),

@@ -100,11 +100,14 @@ def test_the_engine_that_runs_is_the_one_asked_for():
 
 
 @pytest.mark.parametrize("norm", [1.5, torch.tensor(1.5), None])
-def test_clip_and_check_takes_the_norm_deepspeed_returns(norm):
-    loss = torch.tensor(0.3)
-    assert mer.run.clip_and_check(FakeAccelerator(norm=norm), [], loss, 1.0, 1, "out") is norm
-    with pytest.raises(SystemExit, match="step 1: non-finite loss"):
-        mer.run.clip_and_check(FakeAccelerator(norm=norm), [], torch.tensor(float("nan")), 1.0, 1, "out")
+def test_clip_and_check_takes_the_norm_deepspeed_returns(norm, tmp_path):
+    loss, out = torch.tensor(0.3), str(tmp_path)
+    assert mer.run.clip_and_check(FakeAccelerator(norm=norm), [], loss, 1.0, 1, out) is norm
+    with pytest.raises(SystemExit, match=r"step 1: non-finite loss .*\(no checkpoint saved yet\); lower --lr"):
+        mer.run.clip_and_check(FakeAccelerator(norm=norm), [], torch.tensor(float("nan")), 1.0, 1, out)
+    os.makedirs(os.path.join(out, "last"))
+    with pytest.raises(SystemExit, match=r"step 1: .*\(.*/last keeps the last good checkpoint\); lower --lr"):
+        mer.run.clip_and_check(FakeAccelerator(norm=norm), [], torch.tensor(float("nan")), 1.0, 1, out)
     if norm is not None:
         with pytest.raises(SystemExit, match="non-finite"):
             mer.run.clip_and_check(FakeAccelerator(norm=float("inf")), [], loss, 1.0, 1, "out")
@@ -118,6 +121,8 @@ def test_clip_and_check_takes_the_norm_deepspeed_returns(norm):
     ("train_grpo.py", "--top_p=0", "--top_p in (0, 1]"),
     ("train_sft.py", "--stop_after=-1", "--stop_after=-1"),
     ("train_sft.py", "--threads=-1", "--threads=-1"),
+    ("train_sft.py", "--epochs=0 --max_steps=0", "--max_steps=0 and --epochs=0: nothing to train"),
+    ("train_grpo.py", "--epochs=0 --max_steps=0", "--max_steps=0 and --epochs=0: nothing to train"),
     ("evaluate.py", "--batch_size=0", "--batch_size, --max_new_tokens and --fast_max_new_tokens must be >= 1"),
     ("evaluate.py", "--max_samples=-1", "--max_samples=-1"),
     ("evaluate.py", "--modes=", "--modes: fast, slow or both"),
@@ -129,7 +134,7 @@ def test_nonsense_settings_are_refused_before_any_model_loads(script, arg, messa
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     extra = ["--subtitle=x"] if script == "predict.py" else []
-    r = subprocess.run([sys.executable, os.path.join(root, script), arg, *extra], capture_output=True, text=True, cwd=root,
+    r = subprocess.run([sys.executable, os.path.join(root, script), *arg.split(), *extra], capture_output=True, text=True, cwd=root,
                        timeout=120)
     assert r.returncode != 0 and message in r.stderr, r.stderr[-1500:]
     assert "Loading weights" not in r.stderr
