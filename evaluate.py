@@ -151,6 +151,13 @@ def waf(pred_scores, true_valences):
     return 100 * weighted_f1([t for t, _ in pairs], [p for _, p in pairs])
 
 
+def refuse_all_neutral(valences, where):
+    """WAF leaves out valence 0: a split whose every valence is 0 scores nothing (not 0.00)."""
+    if not any(v != 0 for v in valences):
+        raise SystemExit(f"{where}: every valence is 0 (neutral), and the sentiment score leaves neutral samples "
+                         f"out, so nothing can be scored")
+
+
 # ---------------------------------------------------------------------------------------
 # Files
 
@@ -184,6 +191,7 @@ def score_files(preds_path, labels_path, task, wheels_dir=""):
         if bad:
             raise SystemExit(f"{labels_path}: valence of {bad[0]!r} is {raw[bad[0]]!r}, not a finite number")
         valences = {n: float(v) for n, v in raw.items()}
+        refuse_all_neutral(valences.values(), labels_path)
         report_mismatch(preds, valences, preds_path, labels_path)
         names = list(valences)
         scores = [sentiment_score(preds.get(n, []), wheels) for n in names]
@@ -359,6 +367,7 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
             bad = [s["name"] for s in samples if "valence" not in s]
             if bad:
                 raise SystemExit(f"{spec}: sentiment samples need 'valence'; {bad[0]!r} has none")
+            refuse_all_neutral([s["valence"] for s in samples], spec)
             data.write_csv(os.path.join(out_dir, f"labels_{name}.csv"), ["name", "valence"],
                       [[s["name"], s["valence"]] for s in samples])
         else:

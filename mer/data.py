@@ -233,10 +233,12 @@ def report_unmapped(spec, samples, wheels, task="fine"):
     return that share; None for bundled splits and .jsonl files."""
     lists = [wheel.split_words((s.get("basic") if task == "basic" else None) or s.get("openset") or "") for s in samples]
     blind = wheel.blind_lists(lists, wheels)
+    if samples and not any(s.get("openset") or s.get("basic") for s in samples):
+        raise SystemExit(f"{spec}: no sample has 'openset' labels (valence only? give the split the prefix sentiment:)")
     if samples and len(blind) == len(samples):
         raise SystemExit(f"{spec}: no sample's labels map to a category in any wheel of {wheels.source} (e.g. "
-                         f"{samples[0]['name']!r}: {samples[0].get('openset')!r}), so every reward would be 0; "
-                         f"check the labels, or pass --wheels=DIR with the official MER-UniBench files")
+                         f"{samples[0]['name']!r}: {samples[0].get('openset')!r}), so nothing can be scored and "
+                         f"every reward would be 0; check the labels, or pass --wheels=DIR with the official files")
     if blind:
         s = samples[blind[0]]
         print(f"warning: {spec}: {len(blind)} of {len(samples)} samples have labels that map to nothing in any wheel "

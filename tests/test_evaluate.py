@@ -112,6 +112,19 @@ def test_evaluate_refuses_a_split_that_scores_nothing_in_every_label_task(tmp_pa
         assert not (tmp_path / task / f"preds_s_{'slow' if task == 'fine' else 'fast'}.csv").exists()
 
 
+def test_nothing_to_score_is_refused_not_scored_zero(tmp_path):
+    preds = _write(tmp_path / "p.csv", ["name", "openset"], [["a", "happy"], ["b", "sad"]])
+    labels = _write(tmp_path / "v.csv", ["name", "valence"], [["a", "0"], ["b", "0.0"]])
+    out = _run(f"--preds={preds}", f"--labels={labels}", "--task=sentiment")
+    assert out.returncode != 0 and "v.csv: every valence is 0 (neutral)" in out.stderr and "nothing can be scored" in out.stderr
+    split = tmp_path / "val.jsonl"
+    split.write_text('{"name": "a", "subtitle": "x", "valence": 1}\n')
+    with pytest.raises(SystemExit, match=r"val.jsonl: no sample has 'openset' labels \(valence only\? give the split the prefix sentiment:"):
+        mer.data.report_unmapped(f"fine:{split}", mer.data.load_samples(f"fine:{split}"), wheel.load_wheels())
+    with pytest.raises(SystemExit, match=r"--ckpt=.*nowhere: no such checkpoint folder"):
+        mer.checkpoints.find_model(str(tmp_path / "nowhere"))   # evaluate.py and predict.py, before anything loads
+
+
 def test_score_only_bad_inputs(tmp_path):
     good = _write(tmp_path / "l.csv", ["name", "openset"], [["a", "happy"]])
     no_name = _write(tmp_path / "p.csv", ["name", "openset"], [["a", "happy"], ["", "sad"]])
