@@ -115,14 +115,12 @@ log_with = run.trackers(LOG_WITH)
 settings = {k: v for k, v in globals().items() if k.isupper()}  # saved with each checkpoint, compared on resume
 
 # ---------------------------------------------------------------------------------------
-from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import broadcast_object_list, gather_object  # noqa: E402
 
 if THREADS:
     torch.set_num_threads(THREADS)
-accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=GRAD_ACCUM,
-                          log_with=log_with, project_dir=OUT_DIR)
-engine_info = run.check_engine(accelerator, GRAD_ACCUM)  # what ran, for log.jsonl
+accelerator = run.make_accelerator(GRAD_ACCUM, log_with, OUT_DIR)
+engine_info = run.check_engine(accelerator, GRAD_ACCUM, grad_clip=GRAD_CLIP)  # what ran, for log.jsonl
 if accelerator.state.deepspeed_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3:
     raise SystemExit("ZeRO-3 shards the policy, and this loop calls generate on the full model: use ZeRO-2 "
                      "(configs/zero2.yaml) or DDP")
@@ -164,7 +162,6 @@ ref = models.load_model(INIT)[0].to(device).eval().requires_grad_(False) if BETA
 optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=LR, weight_decay=WEIGHT_DECAY)
 step = 0
 if ckpt:
-    optimizer.load_state_dict(state["optimizer"])
     checkpoints.set_rng_state(state["rng"][rank])
     step = state["step"]
     if master:
@@ -174,6 +171,8 @@ if accelerator.state.deepspeed_plugin is not None:  # no DataLoader to infer it 
 if GRAD_CHECKPOINTING:
     models.enable_grad_checkpointing(policy)
 policy, optimizer = accelerator.prepare(policy, optimizer)
+if ckpt:  # after prepare: under DeepSpeed each process takes its own ZeRO partition (checkpoints.optimizer_state)
+    optimizer.load_state_dict(state["optimizer"])
 eos = tokenizer.eos_token_id
 tokenizer.padding_side = "left"
 first_tokens = prompts.category_tables(tokenizer, wheels, reward_wheels)  # V(c) of Eq. (1) per reward wheel
@@ -228,6 +227,7 @@ def update(logp, old_logp, adv, c_mask, ref_logp, keep):
     micro-batch) the clipped optimizer step: (loss, its statistics, the gradient norm or None)."""
     loss, s = rewards.grpo_loss(logp, old_logp, adv, c_mask, ref_logp, ETA, BETA, AGGREGATION, MAX_NEW_TOKENS,
                                 ETA_HIGH, IMPORTANCE, keep)
+    run.check_loss(accelerator, loss, step + 1, OUT_DIR)
     accelerator.backward(loss)  # divides by GRAD_ACCUM
     norm = None
     if accelerator.sync_gradients:
@@ -246,10 +246,10 @@ def validate():
 
 
 def save():
-    states = gather_object([checkpoints.rng_state()])
+    states, optimizer_state = gather_object([checkpoints.rng_state()]), checkpoints.optimizer_state(accelerator, optimizer)
     if master:
         checkpoints.save_checkpoint(os.path.join(OUT_DIR, "last"), accelerator.unwrap_model(policy), tokenizer,
-                                    {"optimizer": optimizer.state_dict(), "rng": states, "step": step,
+                                    {"optimizer": optimizer_state, "rng": states, "step": step,
                                      "position": step * per_step, "config": settings},
                                     processor, last=globals().get("rec"))
     accelerator.wait_for_everyone()

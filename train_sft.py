@@ -69,14 +69,12 @@ log_with = run.trackers(LOG_WITH)
 settings = {k: v for k, v in globals().items() if k.isupper()}  # saved with each checkpoint, compared on resume
 
 # ---------------------------------------------------------------------------------------
-from accelerate import Accelerator  # noqa: E402  (after configure: --help-like errors stay fast)
-from accelerate.utils import broadcast_object_list  # noqa: E402
+from accelerate.utils import broadcast_object_list, gather_object  # noqa: E402  (after configure: --help-like errors stay fast)
 
 if THREADS:
     torch.set_num_threads(THREADS)
-accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=GRAD_ACCUM,
-                          log_with=log_with, project_dir=OUT_DIR)
-engine_info = run.check_engine(accelerator, GRAD_ACCUM)  # what ran, for log.jsonl
+accelerator = run.make_accelerator(GRAD_ACCUM, log_with, OUT_DIR)
+engine_info = run.check_engine(accelerator, GRAD_ACCUM, grad_clip=GRAD_CLIP)  # what ran, for log.jsonl
 device, master = accelerator.device, accelerator.is_main_process
 bf16 = run.use_bf16(PRECISION)
 torch.manual_seed(SEED)
@@ -115,7 +113,6 @@ if tags and prompts.add_tag_tokens(model, tokenizer) and processor is not None:
 optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
 step = 0
 if ckpt:
-    optimizer.load_state_dict(state["optimizer"])
     checkpoints.set_rng_state(state["rng"])
     step = state["step"]
     if master:
@@ -125,6 +122,8 @@ if accelerator.state.deepspeed_plugin is not None:  # no DataLoader to infer it 
 if GRAD_CHECKPOINTING:
     models.enable_grad_checkpointing(model)
 model, optimizer = accelerator.prepare(model, optimizer)
+if ckpt:  # after prepare: under DeepSpeed each process takes its own ZeRO partition (checkpoints.optimizer_state)
+    optimizer.load_state_dict(state["optimizer"])
 
 
 def batch_at(position):
@@ -149,9 +148,10 @@ def collate(batch):
 
 
 def save():
+    optimizer_state = checkpoints.optimizer_state(accelerator, optimizer)  # every process: ZeRO's partitions
     if master:
         checkpoints.save_checkpoint(os.path.join(OUT_DIR, "last"), accelerator.unwrap_model(model), tokenizer,
-                            {"optimizer": optimizer.state_dict(), "rng": checkpoints.rng_state(), "step": step,
+                            {"optimizer": optimizer_state, "rng": checkpoints.rng_state(), "step": step,
                              "position": step * per_step, "config": settings},
                             processor, last=globals().get("rec"))
     accelerator.wait_for_everyone()
@@ -185,6 +185,7 @@ while step < stop_at:
         with accelerator.accumulate(model):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = model(input_ids=ids, attention_mask=mask, labels=labels, **media).loss
+            run.check_loss(accelerator, loss, step + 1, OUT_DIR)
             accelerator.backward(loss)  # divides by GRAD_ACCUM
             if accelerator.sync_gradients:
                 grad_norm = run.clip_and_check(accelerator, model.parameters(), loss, GRAD_CLIP, step + 1, OUT_DIR)
@@ -210,7 +211,10 @@ while step < stop_at:
             print(f"interrupted: saved step {step} in {OUT_DIR}/last; run again to resume")
         raise SystemExit(130)
 bar.close()
+# replicas must agree: every rank reports a checksum of its weights
+checksums = gather_object([sum(p.double().sum().item() for p in accelerator.unwrap_model(model).parameters())])
 if master:
+    log.write(json.dumps({"event": "end", "step": step, **engine_info, "param_checksums": checksums}) + "\n")
     print(f"done: {step} steps, checkpoint in {OUT_DIR}/last")
 accelerator.wait_for_everyone()  # no rank tears its gloo pairs down while a peer still sends (SIGABRT at exit)
 accelerator.end_training()

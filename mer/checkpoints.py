@@ -196,6 +196,19 @@ def check_resume(ckpt, state, config, per_step):
                          f"--resume=False")
 
 
+def optimizer_state(accelerator, optimizer):
+    """The optimizer state a checkpoint saves (every process calls this). Under DeepSpeed ZeRO each
+    process holds only its partition (of the fp32 master weights and Adam moments): the list of all
+    partitions, in rank order, which ZeRO's load_state_dict takes back (each process picks its own)."""
+    state = optimizer.state_dict()
+    if str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type)) != "DEEPSPEED":
+        return state
+    from accelerate.utils import gather_object
+    to_cpu = lambda x: x.cpu() if torch.is_tensor(x) else {k: to_cpu(v) for k, v in x.items()} if isinstance(x, dict) \
+        else type(x)(to_cpu(v) for v in x) if isinstance(x, (list, tuple)) else x  # noqa: E731
+    return gather_object([to_cpu(state)])
+
+
 def rng_state():
     """The torch (and CUDA) random states, to save in a checkpoint."""
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}

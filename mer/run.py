@@ -160,12 +160,28 @@ class Laps:
                 "cpu_s": round(time.process_time() - self.cpu, 3)}
 
 
-def check_engine(accelerator, grad_accum, environ=os.environ):
+def make_accelerator(grad_accum, log_with, out_dir, environ=os.environ):
+    """The training scripts' Accelerator. accelerate enables DeepSpeed only off the CPU, so a
+    launcher config that asks for it on a machine without CUDA (configs/zero2_cpu.yaml) gets what
+    DeepSpeed needs there first: its CPU accelerator and a gloo process group."""
+    from accelerate import Accelerator, InitProcessGroupKwargs
+    cpu_deepspeed = environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true") and not torch.cuda.is_available()
+    if cpu_deepspeed:
+        environ.setdefault("DS_ACCELERATOR", "cpu")
+    return Accelerator(cpu=not torch.cuda.is_available() and not cpu_deepspeed, gradient_accumulation_steps=grad_accum,
+                       log_with=log_with, project_dir=out_dir,
+                       kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_deepspeed else None)
+
+
+def check_engine(accelerator, grad_accum, environ=os.environ, grad_clip=None):
     """The engine that runs is the one asked for, or the run stops before any model loads: a launcher
     config that asks for DeepSpeed or FSDP (ACCELERATE_USE_DEEPSPEED / ACCELERATE_USE_FSDP) and gets
     plain data parallel, FSDP itself (the loop runs the model's body and LM head outside its root
-    forward, which FSDP does not allow), or a gradient accumulation that differs from --grad_accum
-    (a DeepSpeed config sets its own). Returns what ran, for log.jsonl."""
+    forward, which FSDP does not allow), a gradient accumulation that differs from --grad_accum (a
+    DeepSpeed config sets its own), and under DeepSpeed a clipping other than --grad_clip (DeepSpeed
+    clips inside its own step) or its bf16 mode (it would make the policy's weights bf16 while the
+    reference stays fp32; the scripts compute in bf16 autocast over fp32 weights themselves).
+    Returns what ran, for log.jsonl."""
     engine = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
     asked = [name for name, key in (("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"), ("FSDP", "ACCELERATE_USE_FSDP"))
              if environ.get(key, "").lower() in ("1", "true")]
@@ -178,8 +194,32 @@ def check_engine(accelerator, grad_accum, environ=os.environ):
     if accelerator.gradient_accumulation_steps != grad_accum:
         raise SystemExit(f"--grad_accum={grad_accum}, but the accelerate config sets gradient accumulation to "
                          f"{accelerator.gradient_accumulation_steps}; make them agree")
+    if engine == "DEEPSPEED":
+        ds_clip = accelerator.state.deepspeed_plugin.deepspeed_config.get("gradient_clipping", "auto")
+        ds_clip = 1.0 if ds_clip == "auto" else float(ds_clip)  # accelerate fills "auto" with 1.0
+        if grad_clip is not None and ds_clip != grad_clip:
+            raise SystemExit(f"--grad_clip={grad_clip}, but the DeepSpeed config clips at {ds_clip} (gradient_clipping; "
+                             f"'auto' is 1.0); make them agree")
+        if str(accelerator.mixed_precision) == "bf16":
+            raise SystemExit("the DeepSpeed config's mixed_precision bf16 would make the policy's weights bf16 (the "
+                             "reference and the saved checkpoint would differ from them); set mixed_precision: 'no': "
+                             "the scripts compute in bf16 autocast over fp32 weights themselves (--precision=auto)")
     return {"engine": engine, "world_size": accelerator.num_processes,
             "mixed_precision": str(accelerator.mixed_precision)}
+
+
+def check_loss(accelerator, loss, step, out_dir):
+    """Stop every process, before the backward, when any process's loss is not finite: under
+    DeepSpeed the optimizer steps inside the backward, so a later check would come too late."""
+    bad = accelerator.reduce(torch.tensor(float(not torch.isfinite(loss).all()), device=loss.device), "sum")
+    if bad.item():
+        stop_non_finite(loss, None, step, out_dir)
+
+
+def stop_non_finite(loss, norm, step, out_dir):
+    kept = f"{out_dir}/last keeps the last good checkpoint" if os.path.isdir(f"{out_dir}/last") else "no checkpoint saved yet"
+    raise SystemExit(f"step {step}: non-finite loss ({loss.item()}) or gradient norm ({None if norm is None else float(norm)}); "
+                     f"stopped without saving ({kept}); lower --lr, or resume to retry from the checkpoint")
 
 
 def clip_and_check(accelerator, parameters, loss, clip, step, out_dir):
@@ -188,9 +228,7 @@ def clip_and_check(accelerator, parameters, loss, clip, step, out_dir):
     DeepSpeed, which clips inside its own step)."""
     norm = accelerator.clip_grad_norm_(parameters, clip or float("inf"))
     if not (torch.isfinite(loss) and (norm is None or math.isfinite(float(norm)))):
-        kept = f"{out_dir}/last keeps the last good checkpoint" if os.path.isdir(f"{out_dir}/last") else "no checkpoint saved yet"
-        raise SystemExit(f"step {step}: non-finite loss ({loss.item()}) or gradient norm ({None if norm is None else float(norm)}); "
-                         f"stopped without saving ({kept}); lower --lr, or resume to retry from the checkpoint")
+        stop_non_finite(loss, norm, step, out_dir)
     return norm
 
 

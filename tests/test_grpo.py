@@ -269,6 +269,34 @@ def test_two_processes_stay_in_sync(tiny_sft, tmp_path):
     assert end["param_checksums"][0] != pytest.approx(init_sum, abs=1e-6)
 
 
+ZERO2 = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", os.path.join(ROOT, "configs", "zero2_cpu.yaml")]
+DDP2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def test_zero2_on_two_cpu_processes_trains_as_ddp_does_and_resumes(tiny_sft, tmp_path):
+    pytest.importorskip("deepspeed")  # .ci/run installs it; the first run builds one C++ op (~2 min)
+    args = [f"--init={tiny_sft}", "--max_steps=2", "--lr=1e-4", *SMALL, "--save_every=1"]
+    _run([f"--out_dir={tmp_path / 'ddp'}", *args, "--max_steps=1"], DDP2)
+    _run([f"--out_dir={tmp_path / 'cut'}", *args, "--stop_after=1"], ZERO2)
+    ddp, zero = _log(tmp_path / "ddp"), _log(tmp_path / "cut")
+    assert zero[0]["engine"] == zero[-1]["engine"] == "DEEPSPEED" and zero[-1]["world_size"] == 2
+    sums = zero[-1]["param_checksums"]
+    init_sum = sum(v.double().sum().item() for v in _weights(tiny_sft).values())
+    assert sums[0] == sums[1] and sums[0] != pytest.approx(init_sum, abs=1e-6)           # moved, replicas agree
+    assert sums[0] == pytest.approx(ddp[-1]["param_checksums"][0], rel=1e-6)
+    (a,), (b,) = _steps(tmp_path / "ddp"), _steps(tmp_path / "cut")
+    assert math.isfinite(b["loss"]) and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5) and a["grad_norm"] > 1
+    first, after_ddp = _weights(tmp_path / "cut" / "last"), _weights(tmp_path / "ddp" / "last")
+    assert all(torch.allclose(first[k], after_ddp[k], atol=1e-7) for k in first)         # the same clipped Adam step
+    # resumed from ZeRO's per-process optimizer partitions: the same as two uninterrupted steps
+    _run([f"--out_dir={tmp_path / 'cut'}", *args], ZERO2)
+    _run([f"--out_dir={tmp_path / 'whole'}", *args], ZERO2)
+    whole, cut = _weights(tmp_path / "whole" / "last"), _weights(tmp_path / "cut" / "last")
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+    assert _log(tmp_path / "cut")[-1]["param_checksums"] == _log(tmp_path / "whole")[-1]["param_checksums"]
+
+
 def test_bad_settings_are_refused_before_models_load(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "train_grpo.py"), "--g=1", "--temperature=0", "--prompts=0",
                         "--lr=-1", "--reward_wheels=1,7", "--precision=fp16", f"--out_dir={tmp_path}"],

@@ -74,11 +74,15 @@ def test_scripts_set_the_openmp_wait_policy_before_torch_loads(script):
 
 
 class FakeAccelerator:
-    def __init__(self, engine="MULTI_CPU", accum=1, norm=1.0):
+    def __init__(self, engine="MULTI_CPU", accum=1, norm=1.0, ds_config=None, mixed_precision="no"):
         from types import SimpleNamespace
         self.distributed_type = SimpleNamespace(value=engine)
-        self.gradient_accumulation_steps, self.num_processes, self.mixed_precision = accum, 2, "no"
+        self.gradient_accumulation_steps, self.num_processes, self.mixed_precision = accum, 2, mixed_precision
         self.norm = norm
+        self.state = SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=ds_config or {}))
+
+    def reduce(self, tensor, op):
+        return tensor
 
     def clip_grad_norm_(self, parameters, clip):
         return self.norm
@@ -97,6 +101,20 @@ def test_the_engine_that_runs_is_the_one_asked_for():
         mer.run.check_engine(FakeAccelerator("FSDP"), 1, {"ACCELERATE_USE_FSDP": "true"})
     with pytest.raises(SystemExit, match="--grad_accum=2, but the accelerate config sets gradient accumulation to 1"):
         mer.run.check_engine(FakeAccelerator(accum=1), 2, {})
+    ds = {"ACCELERATE_USE_DEEPSPEED": "true"}
+    assert mer.run.check_engine(FakeAccelerator("DEEPSPEED", ds_config={"gradient_clipping": "auto"}), 1, ds, 1.0)
+    with pytest.raises(SystemExit, match=r"--grad_clip=0.5, but the DeepSpeed config clips at 1.0 \(gradient_clipping; 'auto' is 1.0\)"):
+        mer.run.check_engine(FakeAccelerator("DEEPSPEED"), 1, ds, 0.5)
+    with pytest.raises(SystemExit, match="--grad_clip=1.0, but the DeepSpeed config clips at 0.0"):
+        mer.run.check_engine(FakeAccelerator("DEEPSPEED", ds_config={"gradient_clipping": 0.0}), 1, ds, 1.0)
+    with pytest.raises(SystemExit, match="mixed_precision bf16 would make the policy's weights bf16"):
+        mer.run.check_engine(FakeAccelerator("DEEPSPEED", mixed_precision="bf16"), 1, ds, 1.0)
+
+
+def test_a_non_finite_loss_stops_before_the_backward(tmp_path):
+    mer.run.check_loss(FakeAccelerator(), torch.tensor(0.5), 3, str(tmp_path))
+    with pytest.raises(SystemExit, match=r"step 3: non-finite loss \(inf\)"):
+        mer.run.check_loss(FakeAccelerator(), torch.tensor(float("inf")), 3, str(tmp_path))
 
 
 @pytest.mark.parametrize("norm", [1.5, torch.tensor(1.5), None])

@@ -51,3 +51,16 @@ def test_resume_reaches_the_same_weights(tmp_path):
     assert [r["step"] for r in log] == list(range(1, 7))
     full, cut = _weights(tmp_path / "full" / "last"), _weights(tmp_path / "cut" / "last")
     assert all(torch.allclose(full[k], cut[k], atol=1e-6) for k in full)
+
+
+def test_sft_on_two_processes_keeps_the_replicas_equal(tmp_path):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    r = subprocess.run([*launcher, os.path.join(ROOT, "train_sft.py"), f"--out_dir={tmp_path}", *TINY, "--max_steps=2",
+                        "--threads=1"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    end = log[-1]
+    assert end["event"] == "end" and end["engine"] == "MULTI_CPU" and end["world_size"] == 2 and end["step"] == 2
+    assert end["param_checksums"][0] == end["param_checksums"][1]
+    assert all(torch.isfinite(torch.tensor(rec["loss"])) for rec in log if "loss" in rec)
