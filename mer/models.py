@@ -40,11 +40,16 @@ def smollm2_dir():
     del config.quantization_config
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(gguf_model.state_dict())
-    tmp = out + ".tmp"
+    tmp = f"{out}.tmp{os.getpid()}"  # every process of a launch may convert at once: each into its own folder
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process got there first: its copy is the same
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.isfile(os.path.join(out, "config.json")):
+            raise
     return out
 
 

@@ -200,10 +200,7 @@ def check_engine(accelerator, grad_accum, environ=os.environ, grad_clip=None):
         if grad_clip is not None and ds_clip != grad_clip:
             raise SystemExit(f"--grad_clip={grad_clip}, but the DeepSpeed config clips at {ds_clip} (gradient_clipping; "
                              f"'auto' is 1.0); make them agree")
-        if str(accelerator.mixed_precision) == "bf16":
-            raise SystemExit("the DeepSpeed config's mixed_precision bf16 would make the policy's weights bf16 (the "
-                             "reference and the saved checkpoint would differ from them); set mixed_precision: 'no': "
-                             "the scripts compute in bf16 autocast over fp32 weights themselves (--precision=auto)")
+
     return {"engine": engine, "world_size": accelerator.num_processes,
             "mixed_precision": str(accelerator.mixed_precision)}
 
