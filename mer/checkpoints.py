@@ -168,7 +168,7 @@ def find_model(ckpt):
                     print(f"{path} is missing; evaluating {p}, left by an interrupted save", file=sys.stderr)
                 verify_checkpoint(p, skip=LOADED_ONLY)
                 return p
-    if ckpt and ckpt not in ("smollm2", "tiny", "tiny-omni") and (os.sep in ckpt or ckpt.startswith(".")):
+    if ckpt and not os.path.exists(ckpt) and ckpt not in ("smollm2", "tiny", "tiny-omni") and (os.sep in ckpt or ckpt.startswith(".")):
         raise SystemExit(f"--ckpt={ckpt}: no such checkpoint folder")
     return ckpt or "smollm2"
 
