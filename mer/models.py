@@ -120,6 +120,8 @@ def load_model(name="smollm2", dtype=torch.float32, seed=0):
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         tok = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # a missing folder reaches the hub (offline here); a damaged file raises its library's error
+        if any(os.path.isdir(path.rstrip("/") + end) for end in (".tmp", ".old")):  # a save renames folders now
+            raise SystemExit(f"{path} is being replaced by a save in progress; retry in a moment")
         if not os.path.isdir(path):
             raise SystemExit(f"{name}: no such checkpoint or model; pass a folder written by train_sft.py / "
                              f"train_grpo.py, smollm2, tiny, tiny-omni or a reachable hub id ({str(e).splitlines()[0]})")

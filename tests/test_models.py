@@ -48,3 +48,6 @@ def test_a_damaged_model_file_is_named_in_one_line(tmp_path):
     open(os.path.join(path, "config.json"), "w").write("{oops")
     with pytest.raises(SystemExit, match=r"last/config.json: cannot be loaded .* damaged or missing"):
         mer.models.load_model(path)
+    os.makedirs(path + ".tmp")                      # a save is renaming folders while this reader loads
+    with pytest.raises(SystemExit, match=r"last is being replaced by a save in progress; retry in a moment"):
+        mer.models.load_model(path)
