@@ -143,8 +143,7 @@ reward_wheels = [int(k) - 1 for k in str(REWARD_WHEELS).split(",")]
 calibrate = VARIANT in rewards.CALIBRATED
 per_step = PROMPTS * GRAD_ACCUM * accelerator.num_processes
 
-if master:  # claim the folder before minutes of loading; --init is verified as a resumed checkpoint is
-    os.makedirs(OUT_DIR, exist_ok=True)
+if master:  # claim the folder before minutes of loading; --init is verified like a resumed checkpoint
     run.take_lock(OUT_DIR)
     checkpoints.verify_model(INIT)
 ckpt = checkpoints.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME and master else None

@@ -91,8 +91,7 @@ if missing:
 per_step = BATCH_SIZE * GRAD_ACCUM * accelerator.num_processes
 total_steps = MAX_STEPS or EPOCHS * len(samples) // per_step
 
-if master:  # claim the folder before minutes of loading; --model is verified as a resumed checkpoint is
-    os.makedirs(OUT_DIR, exist_ok=True)
+if master:  # claim the folder before minutes of loading; --model is verified like a resumed checkpoint
     run.take_lock(OUT_DIR)
     checkpoints.verify_model(MODEL)
 ckpt = checkpoints.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME and master else None

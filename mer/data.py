@@ -231,10 +231,10 @@ def report_unmapped(spec, samples, wheels, task="fine"):
     whatever the model answers) and refuse when no sample's do. For a real layout (`KIND:DIR`) also
     print the share of label words that map to nothing, warn above UNMAPPED_WARN with the fix, and
     return that share; None for bundled splits and .jsonl files."""
-    lists = [wheel.split_words((s.get("basic") if task == "basic" else None) or s.get("openset") or "") for s in samples]
-    blind = wheel.blind_lists(lists, wheels)
     if samples and not any(s.get("openset") or s.get("basic") for s in samples):
         raise SystemExit(f"{spec}: no sample has 'openset' labels (valence only? give the split the prefix sentiment:)")
+    lists = [wheel.split_words((s.get("basic") if task == "basic" else None) or s.get("openset") or "") for s in samples]
+    blind = wheel.blind_lists(lists, wheels)
     if samples and len(blind) == len(samples):
         raise SystemExit(f"{spec}: no sample's labels map to a category in any wheel of {wheels.source} (e.g. "
                          f"{samples[0]['name']!r}: {samples[0].get('openset')!r}), so nothing can be scored and "

@@ -179,9 +179,7 @@ def check_engine(accelerator, grad_accum, environ=os.environ, grad_clip=None):
     plain data parallel, FSDP itself (the loop runs the model's body and LM head outside its root
     forward, which FSDP does not allow), a gradient accumulation that differs from --grad_accum (a
     DeepSpeed config sets its own), and under DeepSpeed a clipping other than --grad_clip (DeepSpeed
-    clips inside its own step) or its bf16 mode (it would make the policy's weights bf16 while the
-    reference stays fp32; the scripts compute in bf16 autocast over fp32 weights themselves).
-    Returns what ran, for log.jsonl."""
+    clips inside its own step). Returns what ran, for log.jsonl."""
     engine = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
     asked = [name for name, key in (("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"), ("FSDP", "ACCELERATE_USE_FSDP"))
              if environ.get(key, "").lower() in ("1", "true")]
@@ -200,7 +198,6 @@ def check_engine(accelerator, grad_accum, environ=os.environ, grad_clip=None):
         if grad_clip is not None and ds_clip != grad_clip:
             raise SystemExit(f"--grad_clip={grad_clip}, but the DeepSpeed config clips at {ds_clip} (gradient_clipping; "
                              f"'auto' is 1.0); make them agree")
-
     return {"engine": engine, "world_size": accelerator.num_processes,
             "mixed_precision": str(accelerator.mixed_precision)}
 
