@@ -9,7 +9,8 @@
     python experiments/ablation.py --recipe=real --variants=mer_r1,mer_r1+eta_high=0.28,mer_r1+importance=sequence
                                    # a variant with train_grpo.py settings after `+`: one table row each
 
-Resumable: every finished run leaves `RUNS/NAME/result.json` and is skipped next time; an
+Resumable: every finished run leaves `RUNS/NAME/result.json` (copied with its logs and evaluation
+summaries into RECORDS, which git keeps) and is skipped next time; an
 interrupted run continues from its last checkpoint (train_grpo.py resumes by itself), and a run
 whose training finished (`RUNS/NAME/trained`) goes straight to its evaluation. Several runners may
 share the folder (a run in progress holds `RUNS/NAME/runner.lock`); `--jobs=N` starts N-1 more
@@ -19,6 +20,7 @@ so one number, std 0).
 """
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -47,6 +49,8 @@ THREADS = 0                        # per training / evaluation process (0: torch
 JOBS = 1                           # runners at a time, sharing RUNS (one GPU holds ~12 SmolLM2 runs)
 WORKER = False                     # started by another runner: runs, but leaves the report to it
 KEEP_OPTIMIZER = False             # keep trainer_state.pt of finished runs (1 GB each for SmolLM2)
+RECORDS = "experiments/records"    # each finished run's small files are copied here (kept in git, unlike RUNS):
+                                   # a clean checkout reports them and skips them (empty: neither)
 PLAN = False
 REPORT = False
 LAMBDA_FMT = 0.1                   # train_grpo.py's, to split the logged advantages into their terms
@@ -93,9 +97,32 @@ def evaluate(ckpt, out, log):
     return {spec: results[split_name(spec)] for spec in [FINE, *OTHER.split(",")]}  # keyed as FINE and OTHER
 
 
+# what a finished run keeps in RECORDS: its result, logs and evaluation summaries (not its checkpoint)
+RECORD_FILES = ("result.json", "commands.log", "log.jsonl", "completions.jsonl",
+                "eval/fine/summary.json", "eval/other/summary.json", "eval/transfer/summary.json")
+
+
+def run_file(name, *parts):
+    """A file of run NAME: in RUNS when it is there, else in the run's record (RECORDS) when it is there."""
+    path = os.path.join(ROOT, RUNS, name, *parts)
+    kept = os.path.join(ROOT, RECORDS, os.path.basename(RUNS), name, *parts) if RECORDS else path
+    return kept if not os.path.exists(path) and os.path.exists(kept) else path
+
+
+def record(name):
+    """Copy the RECORD_FILES of RUNS/NAME into its record."""
+    if not RECORDS:
+        return
+    for part in RECORD_FILES:
+        src, dst = os.path.join(ROOT, RUNS, name, part), os.path.join(ROOT, RECORDS, os.path.basename(RUNS), name, part)
+        if os.path.isfile(src):
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copyfile(src, dst)
+
+
 def transfer_f1(name, mode="slow"):
     """EW-F1 of a run on TRANSFER (RUNS/NAME/eval/transfer), or None before it is evaluated."""
-    path = os.path.join(ROOT, RUNS, name, "eval", "transfer", "summary.json")
+    path = run_file(name, "eval", "transfer", "summary.json")
     if not (TRANSFER and os.path.isfile(path)):
         return None
     return json.load(open(path))["results"][split_name(TRANSFER)][mode]["scores"]["f1"]
@@ -116,7 +143,7 @@ def finished():
     """{name: result} of the runs that left a result file."""
     out = {}
     for name, *_ in run_dirs(table_variants, table_seeds):
-        path = os.path.join(ROOT, RUNS, name, "result.json")
+        path = run_file(name, "result.json")
         if os.path.isfile(path):
             out[name] = json.load(open(path))
     return out
@@ -173,11 +200,15 @@ def start_workers():
 def run_all():
     workers, sft = [], os.path.join(ROOT, RUNS, "sft")
     sft_trained = lambda: any(os.path.isfile(os.path.join(sft, f)) for f in ("trained", "result.json"))  # noqa: E731
+    done = lambda n: os.path.isfile(run_file(n, "result.json"))  # noqa: E731  (here or recorded)
     for name, kind, variant, seed in run_dirs():
         folder = os.path.join(ROOT, RUNS, name)
         if kind == "grpo" and not workers and sft_trained():
             workers = start_workers()
-        if os.path.isfile(os.path.join(folder, "result.json")):
+        # a recorded SFT run is trained again (not evaluated) when a GRPO run still needs its checkpoint
+        need_sft = kind == "sft" and not sft_trained() and not all(done(n) for n, k, *_ in run_dirs() if k == "grpo")
+        recorded = done(name)
+        if recorded and not need_sft:
             continue
         if kind == "grpo" and not sft_trained():
             print(f"{name}: waiting for the SFT run (run the runner without a subset first)")
@@ -197,6 +228,8 @@ def run_all():
                 open(trained, "w").close()
             if kind == "sft":
                 workers = start_workers()
+            if recorded:  # the SFT's result is in its record
+                continue
             print(f"{name}: evaluating", flush=True)
             t1 = time.time()
             scores = evaluate(ckpt, f"{RUNS}/{name}/eval", log)
@@ -208,6 +241,7 @@ def run_all():
             tmp = os.path.join(folder, "result.json.tmp")
             json.dump(result, open(tmp, "w"), indent=1)
             os.replace(tmp, os.path.join(folder, "result.json"))
+            record(name)
             print(f"{name}: done in {result['seconds'] / 60:.1f} min", flush=True)
         finally:
             os.remove(lock)
@@ -244,7 +278,7 @@ def cell(xs):
 
 def log_records(name):
     """The records of a run's log.jsonl ([] before it has one; also while it trains)."""
-    path = os.path.join(ROOT, RUNS, name, "log.jsonl")
+    path = run_file(name, "log.jsonl")
     return read_log(path) if os.path.isfile(path) else []
 
 
@@ -304,12 +338,11 @@ def advantage_split(names):
     import rewards
     sq, flips, n, tied, runs = {"dual": 0.0, "fmt": 0.0, "cali": 0.0, "all": 0.0}, 0, 0, [], 0
     for name in names:
-        folder = os.path.join(ROOT, RUNS, name)
-        if not os.path.isfile(os.path.join(folder, "completions.jsonl")):
+        if not os.path.isfile(run_file(name, "completions.jsonl")):
             continue
         runs += 1
         groups = {}
-        for line in open(os.path.join(folder, "completions.jsonl")):
+        for line in open(run_file(name, "completions.jsonl")):
             c = json.loads(line)
             groups.setdefault((c["step"], c["group"]), []).append(c)
         for g in groups.values():
@@ -321,7 +354,7 @@ def advantage_split(names):
                 sq[k] += (a ** 2).sum().item()
             flips += ((dual + fmt).sign() * total.sign() < 0).sum().item()
             n += len(g)
-        tied += [r["tied_groups"] for r in map(json.loads, open(os.path.join(folder, "log.jsonl"))) if "tied_groups" in r]
+        tied += [r["tied_groups"] for r in map(json.loads, open(run_file(name, "log.jsonl"))) if "tied_groups" in r]
     if not n:
         return None
     shares = " | ".join(f"{100 * sq[k] / sq['all']:.1f}%" for k in ("dual", "fmt", "cali"))
@@ -424,6 +457,9 @@ if __name__ == "__main__":
             run_all()
         if WORKER:
             raise SystemExit(0)
+        for name, *_ in run_dirs(table_variants, table_seeds):  # also the runs finished before RECORDS was set
+            if os.path.isfile(os.path.join(ROOT, RUNS, name, "result.json")):
+                record(name)
         table = report()
         # the generated part sits between two markers; the text around it is written by hand
         path = os.path.join(ROOT, RESULTS)

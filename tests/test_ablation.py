@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ def load():
 def ablation(tmp_path, monkeypatch):
     module = load()
     monkeypatch.setattr(module, "RUNS", str(tmp_path / "runs"))
+    monkeypatch.setattr(module, "RECORDS", "")  # the tests that use records set them
     monkeypatch.setattr(module, "VARIANTS", "baseline,mer_r1")
     monkeypatch.setattr(module, "SEEDS", "0,1")
     calls = []
@@ -56,6 +58,36 @@ def test_finished_runs_are_skipped_and_trained_runs_only_evaluated(ablation):
     os.remove(os.path.join(ablation.RUNS, "baseline_s1", "result.json"))
     ablation.run_all()
     assert ablation.calls == [("evaluate", "baseline_s1")]
+
+
+def test_records_survive_a_clean_checkout_and_a_recorded_sft_is_retrained_only_when_needed(ablation, tmp_path):
+    ablation.RECORDS = str(tmp_path / "records")
+    ablation.run_all()
+    os.makedirs(os.path.join(ablation.RUNS, "mer_r1_s0", "eval", "fine"))
+    json.dump({"results": {}}, open(os.path.join(ablation.RUNS, "mer_r1_s0", "eval", "fine", "summary.json"), "w"))
+    open(os.path.join(ablation.RUNS, "mer_r1_s0", "log.jsonl"), "w").write('{"step": 1, "recall": 0.5}\n')
+    ablation.record("mer_r1_s0")
+    kept = os.path.join(ablation.RECORDS, "runs", "mer_r1_s0")
+    assert sorted(os.path.relpath(os.path.join(d, f), kept) for d, _, fs in os.walk(kept) for f in fs) == \
+        ["eval/fine/summary.json", "log.jsonl", "result.json"]
+    recorded = ablation.finished()
+    shutil.rmtree(ablation.RUNS)  # a clean checkout: checkpoints and run folders gone, the records kept
+    assert ablation.finished() == recorded and len(recorded) == 5
+    assert ablation.log_records("mer_r1_s0") == [{"step": 1, "recall": 0.5}]
+    ablation.calls.clear()
+    ablation.run_all()
+    assert ablation.calls == []  # everything recorded: nothing trained, not even the SFT
+    os.remove(os.path.join(ablation.RECORDS, "runs", "baseline_s1", "result.json"))
+    ablation.run_all()  # a GRPO run to do: the SFT checkpoint is trained again, its evaluation is recorded
+    assert ablation.calls == [("train", "sft"), ("train", "baseline_s1"), ("evaluate", "baseline_s1")]
+    assert not os.path.exists(os.path.join(ablation.RUNS, "sft", "result.json"))
+    assert ablation.finished() == recorded  # the SFT row still comes from its record
+    assert os.path.isfile(os.path.join(ablation.RECORDS, "runs", "baseline_s1", "result.json"))
+    ablation.RECORDS = ""  # no records: a clean folder runs everything
+    shutil.rmtree(ablation.RUNS)
+    ablation.calls.clear()
+    ablation.run_all()
+    assert len(ablation.calls) == 10
 
 
 def test_plan_counts_a_trained_run_as_its_evaluation_only(ablation, capsys):
