@@ -115,7 +115,7 @@ log_with = run.trackers(LOG_WITH)
 settings = {k: v for k, v in globals().items() if k.isupper()}  # saved with each checkpoint, compared on resume
 
 # ---------------------------------------------------------------------------------------
-from accelerate.utils import broadcast_object_list, gather_object  # noqa: E402
+from accelerate.utils import gather_object  # noqa: E402
 
 if THREADS:
     torch.set_num_threads(THREADS)
@@ -146,11 +146,7 @@ per_step = PROMPTS * GRAD_ACCUM * accelerator.num_processes
 if master:  # claim the folder before minutes of loading; --init is verified like a resumed checkpoint
     run.take_lock(OUT_DIR)
     checkpoints.verify_model(INIT)
-ckpt = checkpoints.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME and master else None
-ckpt = broadcast_object_list([ckpt])[0]  # rank 0 decides: a rank that cannot see the folder must not start over alone
-state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False) if ckpt else None
-if ckpt:
-    checkpoints.check_resume(ckpt, state, settings, per_step)
+ckpt, state = checkpoints.resume_point(accelerator, OUT_DIR, RESUME, settings, per_step)
 if INIT == "out/sft/last" and not os.path.isdir(INIT) and not ckpt:
     raise SystemExit(f"--init={INIT}: no such checkpoint; run `python train_sft.py` first, or pass --init=smollm2")
 policy, tokenizer = models.load_model(INIT if LORA_R else ckpt or INIT)  # LoRA resumes INIT + its saved adapters
@@ -350,7 +346,7 @@ while step < stop_at:
         bar.update(1)
         if val and (step % VAL_EVERY == 0 or step == stop_at):
             validate()
-    stop_now = accelerator.reduce(torch.tensor(float(bool(interrupted)), device=device), "sum").item() > 0
+    stop_now = run.stop_requested(accelerator, interrupted)
     if step % SAVE_EVERY == 0 or step == stop_at or stop_now:
         save()
     if stop_now:  # every rank saw the request at the same step boundary
@@ -358,10 +354,4 @@ while step < stop_at:
             print(f"interrupted: saved step {step} in {OUT_DIR}/last; run again to resume")
         raise SystemExit(130)
 bar.close()
-# replicas must agree: every rank reports a checksum of its weights
-checksums = gather_object([sum(p.double().sum().item() for p in accelerator.unwrap_model(policy).parameters())])
-if master:
-    log.write(json.dumps({"event": "end", "step": step, **engine_info, "param_checksums": checksums}) + "\n")
-    print(f"done: {step} steps, checkpoint in {OUT_DIR}/last")
-accelerator.wait_for_everyone()  # no rank tears its gloo pairs down while a peer still sends (SIGABRT at exit)
-accelerator.end_training()
+run.finish(accelerator, policy, log, step, engine_info, OUT_DIR)

@@ -69,7 +69,6 @@ log_with = run.trackers(LOG_WITH)
 settings = {k: v for k, v in globals().items() if k.isupper()}  # saved with each checkpoint, compared on resume
 
 # ---------------------------------------------------------------------------------------
-from accelerate.utils import broadcast_object_list, gather_object  # noqa: E402  (after configure: --help-like errors stay fast)
 
 if THREADS:
     torch.set_num_threads(THREADS)
@@ -94,11 +93,7 @@ total_steps = MAX_STEPS or EPOCHS * len(samples) // per_step
 if master:  # claim the folder before minutes of loading; --model is verified like a resumed checkpoint
     run.take_lock(OUT_DIR)
     checkpoints.verify_model(MODEL)
-ckpt = checkpoints.find_checkpoint(os.path.join(OUT_DIR, "last")) if RESUME and master else None
-ckpt = broadcast_object_list([ckpt])[0]  # rank 0 decides: a rank that cannot see the folder must not start over alone
-state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False) if ckpt else None
-if ckpt:
-    checkpoints.check_resume(ckpt, state, settings, per_step)
+ckpt, state = checkpoints.resume_point(accelerator, OUT_DIR, RESUME, settings, per_step)
 model, tokenizer = models.load_model(ckpt or MODEL)
 samples = prompts.fit_prompts(samples, tokenizer, MAX_PROMPT_TOKENS)
 if master:
@@ -202,7 +197,7 @@ while step < stop_at:
         accelerator.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=step)
         bar.set_postfix(loss=f"{loss_avg:.3f}", lr=f"{lr:.1e}")
         bar.update(1)
-    stop_now = accelerator.reduce(torch.tensor(float(bool(interrupted)), device=device), "sum").item() > 0
+    stop_now = run.stop_requested(accelerator, interrupted)
     if step % SAVE_EVERY == 0 or step == stop_at or stop_now:
         save()
     if stop_now:  # every rank saw the request at the same step boundary
@@ -210,10 +205,4 @@ while step < stop_at:
             print(f"interrupted: saved step {step} in {OUT_DIR}/last; run again to resume")
         raise SystemExit(130)
 bar.close()
-# replicas must agree: every rank reports a checksum of its weights
-checksums = gather_object([sum(p.double().sum().item() for p in accelerator.unwrap_model(model).parameters())])
-if master:
-    log.write(json.dumps({"event": "end", "step": step, **engine_info, "param_checksums": checksums}) + "\n")
-    print(f"done: {step} steps, checkpoint in {OUT_DIR}/last")
-accelerator.wait_for_everyone()  # no rank tears its gloo pairs down while a peer still sends (SIGABRT at exit)
-accelerator.end_training()
+run.finish(accelerator, model, log, step, engine_info, OUT_DIR)

@@ -196,6 +196,19 @@ def check_resume(ckpt, state, config, per_step):
                          f"--resume=False")
 
 
+def resume_point(accelerator, out_dir, resume, config, per_step):
+    """(checkpoint folder, its trainer state) to resume from, or (None, None). Rank 0 decides and tells
+    the others: a rank that cannot see the folder must not start over alone while rank 0 resumes."""
+    from accelerate.utils import broadcast_object_list
+    ckpt = find_checkpoint(os.path.join(out_dir, "last")) if resume and accelerator.is_main_process else None
+    ckpt = broadcast_object_list([ckpt])[0]
+    if not ckpt:
+        return None, None
+    state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False)
+    check_resume(ckpt, state, config, per_step)
+    return ckpt, state
+
+
 def optimizer_state(accelerator, optimizer):
     """The optimizer state a checkpoint saves (every process calls this). Under DeepSpeed ZeRO each
     process holds only its partition (of the fp32 master weights and Adam moments): the list of all

@@ -231,6 +231,23 @@ def clip_and_check(accelerator, parameters, loss, clip, step, out_dir):
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1")
 
 
+def stop_requested(accelerator, interrupted):
+    """True on every rank once any rank was interrupted (Ctrl-C, SIGTERM): all stop at one step boundary."""
+    return accelerator.reduce(torch.tensor(float(bool(interrupted)), device=accelerator.device), "sum").item() > 0
+
+
+def finish(accelerator, model, log, step, engine_info, out_dir):
+    """The `end` event of log.jsonl, with every rank's weight checksum (replicas must agree), and a
+    shutdown in step: no rank tears its gloo pairs down while a peer still sends (SIGABRT at exit)."""
+    from accelerate.utils import gather_object
+    checksums = gather_object([sum(p.double().sum().item() for p in accelerator.unwrap_model(model).parameters())])
+    if accelerator.is_main_process:
+        log.write(json.dumps({"event": "end", "step": step, **engine_info, "param_checksums": checksums}) + "\n")
+        print(f"done: {step} steps, checkpoint in {out_dir}/last")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
 def interrupt_flag(out_dir):
     """Stop requests at step boundaries: returns a list that the first of STOP_SIGNALS fills (after
     saying so), so the loop can finish its step, save and exit; a second one leaves at once (exit
