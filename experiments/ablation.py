@@ -457,7 +457,7 @@ if __name__ == "__main__":
             run_all()
         if WORKER:
             raise SystemExit(0)
-        for name, *_ in run_dirs(table_variants, table_seeds):  # also the runs finished before RECORDS was set
+        for name, *_ in run_dirs(table_variants, table_seeds) + run_dirs():  # also runs finished before RECORDS was set
             if os.path.isfile(os.path.join(ROOT, RUNS, name, "result.json")):
                 record(name)
         table = report()
