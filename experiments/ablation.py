@@ -102,10 +102,15 @@ RECORD_FILES = ("result.json", "commands.log", "log.jsonl", "completions.jsonl",
                 "eval/fine/summary.json", "eval/other/summary.json", "eval/transfer/summary.json")
 
 
+def record_path(name, *parts):
+    """Where run NAME's record keeps a file (RECORDS/<the RUNS folder's name>/NAME/...)."""
+    return os.path.join(ROOT, RECORDS, os.path.basename(RUNS), name, *parts)
+
+
 def run_file(name, *parts):
     """A file of run NAME: in RUNS when it is there, else in the run's record (RECORDS) when it is there."""
     path = os.path.join(ROOT, RUNS, name, *parts)
-    kept = os.path.join(ROOT, RECORDS, os.path.basename(RUNS), name, *parts) if RECORDS else path
+    kept = record_path(name, *parts) if RECORDS else path
     return kept if not os.path.exists(path) and os.path.exists(kept) else path
 
 
@@ -114,7 +119,7 @@ def record(name):
     if not RECORDS:
         return
     for part in RECORD_FILES:
-        src, dst = os.path.join(ROOT, RUNS, name, part), os.path.join(ROOT, RECORDS, os.path.basename(RUNS), name, part)
+        src, dst = os.path.join(ROOT, RUNS, name, part), record_path(name, part)
         if os.path.isfile(src):
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             shutil.copyfile(src, dst)
@@ -457,7 +462,8 @@ if __name__ == "__main__":
             run_all()
         if WORKER:
             raise SystemExit(0)
-        for name, *_ in run_dirs(table_variants, table_seeds) + run_dirs():  # also runs finished before RECORDS was set
+        names = dict.fromkeys(n for n, *_ in run_dirs(table_variants, table_seeds) + run_dirs())  # each once
+        for name in names:  # also the runs finished before RECORDS was set
             if os.path.isfile(os.path.join(ROOT, RUNS, name, "result.json")):
                 record(name)
         table = report()
