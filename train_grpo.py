@@ -120,10 +120,8 @@ from accelerate.utils import gather_object  # noqa: E402
 if THREADS:
     torch.set_num_threads(THREADS)
 accelerator = run.make_accelerator(GRAD_ACCUM, log_with, OUT_DIR)
-engine_info = run.check_engine(accelerator, GRAD_ACCUM, grad_clip=GRAD_CLIP)  # what ran, for log.jsonl
-if accelerator.state.deepspeed_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3:
-    raise SystemExit("ZeRO-3 shards the policy, and this loop calls generate on the full model: use ZeRO-2 "
-                     "(configs/zero2.yaml) or DDP")
+engine_info = run.check_engine(accelerator, GRAD_ACCUM, grad_clip=GRAD_CLIP, micro_batch=PROMPTS * G,
+                               generates=True)  # what ran, for log.jsonl
 device, master, rank = accelerator.device, accelerator.is_main_process, accelerator.process_index
 bf16 = run.use_bf16(PRECISION)
 autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
@@ -155,14 +153,9 @@ samples = prompts.fit_prompts(samples, tokenizer, MAX_PROMPT_TOKENS)
 processor = models.load_processor(ckpt or INIT)  # None for text-only models
 ref = models.load_model(INIT)[0].to(device).eval().requires_grad_(False) if BETA and not LORA_R else None
 optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=LR, weight_decay=WEIGHT_DECAY)
-step = 0
+step = state["step"] if ckpt else 0
 if ckpt:
     checkpoints.set_rng_state(state["rng"][rank])
-    step = state["step"]
-    if master:
-        print(f"resuming from {ckpt} at step {step}")
-if accelerator.state.deepspeed_plugin is not None:  # no DataLoader to infer it from
-    accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = PROMPTS * G
 if GRAD_CHECKPOINTING:
     models.enable_grad_checkpointing(policy)
 policy, optimizer = accelerator.prepare(policy, optimizer)

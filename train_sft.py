@@ -73,7 +73,7 @@ settings = {k: v for k, v in globals().items() if k.isupper()}  # saved with eac
 if THREADS:
     torch.set_num_threads(THREADS)
 accelerator = run.make_accelerator(GRAD_ACCUM, log_with, OUT_DIR)
-engine_info = run.check_engine(accelerator, GRAD_ACCUM, grad_clip=GRAD_CLIP)  # what ran, for log.jsonl
+engine_info = run.check_engine(accelerator, GRAD_ACCUM, grad_clip=GRAD_CLIP, micro_batch=BATCH_SIZE)  # what ran
 device, master = accelerator.device, accelerator.is_main_process
 bf16 = run.use_bf16(PRECISION)
 torch.manual_seed(SEED)
@@ -105,14 +105,9 @@ tags = TAG_TOKENS == "always" or (TAG_TOKENS == "auto" and prompts.answer_needs_
 if tags and prompts.add_tag_tokens(model, tokenizer) and processor is not None:
     processor.tokenizer = tokenizer  # prompts go through the processor's tokenizer, saved with it
 optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-step = 0
+step = state["step"] if ckpt else 0
 if ckpt:
     checkpoints.set_rng_state(state["rng"])
-    step = state["step"]
-    if master:
-        print(f"resuming from {ckpt} at step {step}")
-if accelerator.state.deepspeed_plugin is not None:  # no DataLoader to infer it from
-    accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = BATCH_SIZE
 if GRAD_CHECKPOINTING:
     models.enable_grad_checkpointing(model)
 model, optimizer = accelerator.prepare(model, optimizer)

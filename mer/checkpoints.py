@@ -206,6 +206,8 @@ def resume_point(accelerator, out_dir, resume, config, per_step):
         return None, None
     state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False)
     check_resume(ckpt, state, config, per_step)
+    if accelerator.is_main_process:
+        print(f"resuming from {ckpt} at step {state['step']}")
     return ckpt, state
 
 

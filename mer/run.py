@@ -173,13 +173,15 @@ def make_accelerator(grad_accum, log_with, out_dir, environ=os.environ):
                        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_deepspeed else None)
 
 
-def check_engine(accelerator, grad_accum, environ=os.environ, grad_clip=None):
+def check_engine(accelerator, grad_accum, environ=os.environ, grad_clip=None, micro_batch=None, generates=False):
     """The engine that runs is the one asked for, or the run stops before any model loads: a launcher
     config that asks for DeepSpeed or FSDP (ACCELERATE_USE_DEEPSPEED / ACCELERATE_USE_FSDP) and gets
     plain data parallel, FSDP itself (the loop runs the model's body and LM head outside its root
     forward, which FSDP does not allow), a gradient accumulation that differs from --grad_accum (a
-    DeepSpeed config sets its own), and under DeepSpeed a clipping other than --grad_clip (DeepSpeed
-    clips inside its own step). Returns what ran, for log.jsonl."""
+    DeepSpeed config sets its own), under DeepSpeed a clipping other than --grad_clip (DeepSpeed
+    clips inside its own step) and, for a script that `generates`, ZeRO-3 (it shards the weights that
+    sampling reads whole). DeepSpeed is told the `micro_batch` (rows per process and micro-batch):
+    there is no DataLoader to infer it from. Returns what ran, for log.jsonl."""
     engine = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
     asked = [name for name, key in (("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"), ("FSDP", "ACCELERATE_USE_FSDP"))
              if environ.get(key, "").lower() in ("1", "true")]
@@ -198,6 +200,11 @@ def check_engine(accelerator, grad_accum, environ=os.environ, grad_clip=None):
         if grad_clip is not None and ds_clip != grad_clip:
             raise SystemExit(f"--grad_clip={grad_clip}, but the DeepSpeed config clips at {ds_clip} (gradient_clipping; "
                              f"'auto' is 1.0); make them agree")
+        if generates and getattr(accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3:
+            raise SystemExit("ZeRO-3 shards the policy, and this loop samples from the full model: use ZeRO-2 "
+                             "(configs/zero2.yaml) or DDP")
+        if micro_batch:
+            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch
     return {"engine": engine, "world_size": accelerator.num_processes,
             "mixed_precision": str(accelerator.mixed_precision)}
 

@@ -107,6 +107,12 @@ def test_the_engine_that_runs_is_the_one_asked_for():
         mer.run.check_engine(FakeAccelerator("DEEPSPEED"), 1, ds, 0.5)
     with pytest.raises(SystemExit, match="--grad_clip=1.0, but the DeepSpeed config clips at 0.0"):
         mer.run.check_engine(FakeAccelerator("DEEPSPEED", ds_config={"gradient_clipping": 0.0}), 1, ds, 1.0)
+    zero3 = FakeAccelerator("DEEPSPEED")
+    zero3.state.deepspeed_plugin.zero_stage = 3
+    assert mer.run.check_engine(zero3, 1, ds, 1.0, micro_batch=8)["engine"] == "DEEPSPEED"  # SFT does not sample
+    assert zero3.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 8
+    with pytest.raises(SystemExit, match="ZeRO-3 shards the policy"):
+        mer.run.check_engine(zero3, 1, ds, 1.0, micro_batch=8, generates=True)
 
 
 def test_a_non_finite_loss_stops_before_the_backward(tmp_path):
