@@ -54,7 +54,8 @@ VARIANT = "mer_r1"        # baseline | rd | rd_ad | mer_r1 | a1 | a2 | b1 | b2 (
 G = 4                     # completions per prompt (the paper's K)
 PROMPTS = 2               # prompts per micro-batch and process
 GRAD_ACCUM = 1            # micro-batches per optimizer step
-UPDATES_PER_BATCH = 1     # optimizer steps on each sampled batch (1: ratio 1, no old-policy forward)
+UPDATES_PER_BATCH = 1     # optimizer steps on each sampled batch (1: ratio 1, no old-policy forward,
+                          # so IMPORTANCE and ETA_HIGH change nothing: tests/test_rewards.py)
 MAX_STEPS = 20            # optimizer steps (0: EPOCHS over the data)
 EPOCHS = 1
 LR = 2e-6

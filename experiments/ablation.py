@@ -6,8 +6,8 @@
     python experiments/ablation.py --variants=baseline,mer_r1 --seeds=1   # a subset (e.g. one per core)
     python experiments/ablation.py --jobs=12 --threads=1   # 12 runs at a time (e.g. on one GPU)
     python experiments/ablation.py --recipe=real --variants=baseline,rd,rd_ad,mer_r1   # GoEmotions
-    python experiments/ablation.py --recipe=real --variants=mer_r1,mer_r1+eta_high=0.28,mer_r1+importance=sequence
-                                   # a variant with train_grpo.py settings after `+`: one table row each
+    python experiments/ablation.py --recipe=real --table=options --variants=mer_r1,mer_r1+eta_high=0.28
+                                   # a variant with train_grpo.py settings after `+`, in a table of its own
 
 Resumable: every finished run leaves `RUNS/NAME/result.json` (copied with its logs and evaluation
 summaries into RECORDS, which git keeps) and is skipped next time; an
@@ -51,6 +51,8 @@ WORKER = False                     # started by another runner: runs, but leaves
 KEEP_OPTIMIZER = False             # keep trainer_state.pt of finished runs (1 GB each for SmolLM2)
 RECORDS = "experiments/records"    # each finished run's small files are copied here (kept in git, unlike RUNS):
                                    # a clean checkout reports them and skips them (empty: neither)
+TABLE = ""                         # a table of its own in RESULTS ("<MARKER> TABLE"), its rows --variants, each
+                                   # compared seed by seed with the first (e.g. mer_r1 against each GRPO option)
 PLAN = False
 REPORT = False
 LAMBDA_FMT = 0.1                   # train_grpo.py's, to split the logged advantages into their terms
@@ -328,7 +330,7 @@ def plot(groups):
             a.set_xlabel("step")
     ax[0].legend(fontsize=8)
     fig.tight_layout()
-    png = "training_curves.png" if RECIPE == "template" else f"training_curves_{RECIPE}.png"  # one figure per recipe
+    png = "training_curves" + "".join(f"_{k}" for k in (RECIPE, TABLE) if k and k != "template") + ".png"  # one per table
     path = os.path.join(os.path.dirname(os.path.join(ROOT, RESULTS)), png)
     fig.savefig(path, dpi=100)
     return os.path.basename(path)
@@ -384,19 +386,20 @@ def report():
         vals += [cell([get(n, basic, m, "hit") for n in names]) for m in ("slow", "fast")]
         vals += [cell([get(n, sentiment, m, "waf") for n in names]) for m in ("slow", "fast")]
         lines.append(f"| {label} | {len([n for n in names if n in done])} | " + " | ".join(vals) + " |")
+    first = table_variants.split(",")[0]  # baseline in Table 4
     gain = ["", f"Slow-mode EW-F1 on {FINE} against the SFT init and, seed by seed (same prompts), against "
-            "`baseline` (mean ± std of the differences):", ""]
+            f"`{first}` (mean ± std of the differences):", ""]
     sft = get("sft", FINE, "slow", "f1")
-    base = {done[n]["seed"]: get(n, FINE, "slow", "f1") for n in dict(rows).get("baseline", [])}
+    base = {done[n]["seed"]: get(n, FINE, "slow", "f1") for n in dict(rows).get(first, [])}
     for label, names in rows[1:]:
         slow = {done[n]["seed"]: get(n, FINE, "slow", "f1") for n in names}
         d = [f1 - sft for f1 in slow.values() if sft is not None]
         m, s = mean_std(d)
         line = f"- {label}: {m:+.2f} ± {s:.2f} over {len(d)} seeds" if m is not None else f"- {label}: -"
         paired = [f1 - base[seed] for seed, f1 in slow.items() if seed in base]
-        if label != "baseline" and paired:
+        if label != first and paired:
             m, s = mean_std(paired)
-            line += f"; against `baseline` {m:+.2f} ± {s:.2f} over {len(paired)} seeds"
+            line += f"; against `{first}` {m:+.2f} ± {s:.2f} over {len(paired)} seeds"
         gain.append(line)
     if transfer_f1("sft") is not None:
         moved = [transfer_f1(n) - transfer_f1("sft") for _, names in rows[1:] for n in names if transfer_f1(n) is not None]
@@ -439,7 +442,7 @@ def report():
           "of the squared advantage; the cross terms make up the rest):", "", "| variant | runs | completions | A_dual | format | calibration "
           "| sign flipped by calibration | groups with tied R_R, R_P, format |", "|---|---|---|---|---|---|---|---|"]
     for label, names in training.items():
-        split = advantage_split(names) if label in split_variants else None
+        split = advantage_split(names) if label.split("+")[0] in split_variants else None
         if split:
             al.append(f"| {label} | {split} |")
     text = lines + gain + dl + (vl if val_steps else []) + tr + al
@@ -455,6 +458,8 @@ if __name__ == "__main__":
         raise SystemExit(f"--recipe={RECIPE!r}: choose {' or '.join(RECIPES)}")
     RUNS, SFT_CONFIG, GRPO_CONFIG, FINE, FINE_SAMPLES, OTHER, OTHER_SAMPLES, MARKER = RECIPES[RECIPE]
     TRANSFER = "test_fine" if RECIPE == "real" else ""
+    if TABLE:
+        table_variants, table_seeds, MARKER = VARIANTS, SEEDS, f"{MARKER} {TABLE}"
     if PLAN:
         plan()
     else:

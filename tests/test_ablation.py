@@ -222,3 +222,23 @@ def test_a_variant_carries_train_grpo_settings_after_a_plus(monkeypatch):
     cmd = commands[0]
     assert "--variant=mer_r1" in cmd and "--eta_high=0.28" in cmd and "--importance=sequence" in cmd and "--seed=1" in cmd
     assert [n for n, *_ in ablation.run_dirs("mer_r1,mer_r1+eta_high=0.28", "0")] == ["sft", "mer_r1_s0", "mer_r1+eta_high=0.28_s0"]
+
+
+def test_an_options_table_compares_each_option_with_the_first_row(ablation, monkeypatch):
+    # --table=options --variants=mer_r1,mer_r1+eta_high=0.28: its rows are those variants, and the
+    # seed-by-seed differences are taken against mer_r1 (Table 4 takes them against baseline)
+    f1 = {"sft": 60.0, "mer_r1_s0": 64.0, "mer_r1_s1": 66.0, "mer_r1+eta_high=0.28_s0": 65.0,
+          "mer_r1+eta_high=0.28_s1": 69.0}
+    monkeypatch.setattr(ablation, "evaluate", lambda ckpt, out, log: {"test_fine": {
+        m: {"scores": {"f1": f1[ckpt.split("/")[-2]]}} for m in ("slow", "fast")}})
+    monkeypatch.setattr(ablation, "plot", lambda groups: None)
+    monkeypatch.setattr(ablation, "VARIANTS", "mer_r1,mer_r1+eta_high=0.28")
+    monkeypatch.setattr(ablation, "table_variants", "mer_r1,mer_r1+eta_high=0.28")
+    ablation.run_all()
+    text = ablation.report()
+    assert [l.split(" | ")[:3] for l in text.splitlines() if l.startswith("| mer_r1")][:2] == \
+        [["| mer_r1", "2", "65.00 ± 1.41"], ["| mer_r1+eta_high=0.28", "2", "67.00 ± 2.83"]]
+    # +1 and +3 over mer_r1 of the same seed
+    assert [l for l in text.splitlines() if l.startswith("- ")] == [
+        "- mer_r1: +5.00 ± 1.41 over 2 seeds",
+        "- mer_r1+eta_high=0.28: +7.00 ± 2.83 over 2 seeds; against `mer_r1` +2.00 ± 1.41 over 2 seeds"]

@@ -358,6 +358,32 @@ def test_sequence_importance_ratio_is_gspo_s():
     assert loss.item() == pytest.approx(-1.2)
 
 
+def test_on_policy_gspo_and_clip_higher_give_the_default_gradient():
+    # one update per batch: old = the policy detached, every ratio is 1 and nothing clips, so GSPO's
+    # s_i (whose gradient spreads 1/|y_i| over the |y_i| tokens of y_i) gives each token the gradient
+    # of its own ratio, in every aggregation, and clip-higher has nothing to act on: both options only
+    # matter at UPDATES_PER_BATCH > 1
+    torch.manual_seed(0)
+    base = torch.randn(3, 5)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]])
+    adv, ref = torch.tensor([1.0, -0.5, 2.0]), torch.randn(3, 5)
+    for aggregation in ("sequence", "token", "constant"):
+        grads = []
+        for importance, eta_high in (("token", 0.0), ("sequence", 0.0), ("token", 0.28)):
+            logp = base.clone().requires_grad_()
+            loss, _ = rewards.grpo_loss(logp, logp.detach(), adv, mask, ref, 0.2, 0.04, aggregation,
+                                        eta_high=eta_high, importance=importance)
+            loss.backward()
+            grads.append(logp.grad)
+        assert torch.allclose(grads[1], grads[0], atol=1e-7) and torch.equal(grads[2], grads[0])
+    # off-policy (a second update: old != policy) they differ
+    logp, token = base.clone().requires_grad_(), base.clone().requires_grad_()
+    old = base + 0.3 * torch.randn(3, 5)
+    rewards.grpo_loss(logp, old, adv, mask, None, 0.2, 0.0, importance="sequence")[0].backward()
+    rewards.grpo_loss(token, old, adv, mask, None, 0.2, 0.0)[0].backward()
+    assert not torch.allclose(logp.grad, token.grad)
+
+
 def test_clip_higher_and_the_clip_shares_by_hand():
     logp = torch.log(torch.tensor([[1.25, 1.0], [0.7, 1.0]]))   # ratios 1.25, 1.0 / 0.7, 1.0 against old = 0
     old = torch.zeros(2, 2)
