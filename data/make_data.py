@@ -1,6 +1,6 @@
 """Generate the bundled MER-Caption+-style data set (text rendering of video, audio and subtitle clues).
 
-    python data/make_data.py            # writes data/{train,test_fine,test_basic,test_sentiment}.jsonl
+    python data/make_data.py            # writes data/{train,test_fine,test_basic,test_sentiment,dev_fine}.jsonl
 
 Seeded and deterministic: the same command always writes the same files. See data/README.md.
 """
@@ -9,7 +9,8 @@ import os
 import random
 
 SEED = 1234
-SPLITS = {"train": 3200, "test_fine": 300, "test_basic": 300, "test_sentiment": 300}
+# dev_fine (for tuning, never a test) comes last, drawn after the others, so they stay as first written
+SPLITS = {"train": 3200, "test_fine": 300, "test_basic": 300, "test_sentiment": 300, "dev_fine": 300}
 OUT_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # Each emotion: fine-grained words (the first is the most typical), visual and acoustic clues,
