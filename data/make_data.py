@@ -121,7 +121,7 @@ def make_sample(rng, name, kind=None):
     secondary = None
     if kind == "consistent":
         face, voice = rng.choice(e["face"]), rng.choice(e["voice"])
-        why = f"The face, the voice and the words all point the same way."
+        why = "The face, the voice and the words all point the same way."
         words = pick_words(rng, primary, rng.choice([1, 1, 2]))
     elif kind == "masked":
         face, voice = rng.choice(MASK_FACE), rng.choice(e["voice"])
@@ -136,7 +136,7 @@ def make_sample(rng, name, kind=None):
         secondary = rng.choice([k for k in EMOTIONS if k not in (primary, "calm")])
         s = EMOTIONS[secondary]
         face, voice = rng.choice(e["face"]), rng.choice(s["voice"])
-        why = f"The face and the voice disagree, so the character seems to feel both at once."
+        why = "The face and the voice disagree, so the character seems to feel both at once."
         words = pick_words(rng, primary, 1) + pick_words(rng, secondary, rng.choice([1, 1, 2]))
     distractor = rng.choice(DISTRACTORS) if rng.random() < 0.3 else ""
     who = rng.choice(NAMES)
