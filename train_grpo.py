@@ -162,8 +162,8 @@ if GRAD_CHECKPOINTING:
 policy, optimizer = accelerator.prepare(policy, optimizer)
 if ckpt:  # after prepare: under DeepSpeed each process takes its own ZeRO partition (checkpoints.optimizer_state)
     optimizer.load_state_dict(state["optimizer"])
-if ref is not None:  # DeepSpeed's bf16 mode makes the policy's weights bf16 (fp32 masters in ZeRO): the reference follows
-    ref.to(next(policy.parameters()).dtype)
+if ref is not None:  # DeepSpeed's bf16 mode makes the policy's parameters bf16 (fp32 masters in ZeRO): the reference follows
+    models.cast_parameters(ref, next(policy.parameters()).dtype)
 eos = tokenizer.eos_token_id
 tokenizer.padding_side = "left"
 first_tokens = prompts.category_tables(tokenizer, wheels, reward_wheels)  # V(c) of Eq. (1) per reward wheel

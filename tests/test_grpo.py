@@ -301,6 +301,21 @@ def test_zero2_on_two_cpu_processes_trains_as_ddp_does_and_resumes(tiny_sft, tmp
         pytest.approx(_log(tmp_path / "ddp")[-1]["param_checksums"][0], rel=1e-6)
 
 
+def test_zero2_bf16_reference_equals_the_policy_at_step_1(tiny_sft, tmp_path):
+    # DeepSpeed's bf16 mode casts the policy's parameters but not its buffers: a reference cast whole
+    # (RoPE's inv_freq too) gave KL 3.6e-4 at step 1, where policy and reference are the same weights
+    pytest.importorskip("deepspeed")
+    config = tmp_path / "zero2_bf16.yaml"
+    config.write_text(open(os.path.join(ROOT, "configs", "zero2_cpu.yaml")).read().replace(
+        "mixed_precision: 'no'", "mixed_precision: bf16"))
+    _run([f"--init={tiny_sft}", f"--out_dir={tmp_path / 'out'}", "--max_steps=1", "--lr=1e-4", *SMALL],
+         ZERO2[:-1] + [str(config)])
+    log = _log(tmp_path / "out")
+    assert log[0]["engine"] == "DEEPSPEED" and log[0]["mixed_precision"] == "bf16"
+    assert _steps(tmp_path / "out")[0]["kl"] == 0.0
+    assert all(torch.isfinite(w.float()).all() for w in _weights(tmp_path / "out" / "last").values())  # loads
+
+
 def test_bad_settings_are_refused_before_models_load(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "train_grpo.py"), "--g=1", "--temperature=0", "--prompts=0",
                         "--lr=-1", "--reward_wheels=1,7", "--precision=fp16", f"--out_dir={tmp_path}"],

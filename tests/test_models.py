@@ -51,3 +51,13 @@ def test_a_damaged_model_file_is_named_in_one_line(tmp_path):
     os.makedirs(path + ".tmp")                      # a save is renaming folders while this reader loads
     with pytest.raises(SystemExit, match=r"last is being replaced by a save in progress; retry in a moment"):
         mer.models.load_model(path)
+
+
+def test_cast_parameters_leaves_buffers_as_deepspeed_does():
+    import torch
+    model = mer.models.load_model("tiny")[0]
+    inv_freq = model.model.rotary_emb.inv_freq.clone()
+    mer.models.cast_parameters(model, torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert torch.equal(model.model.rotary_emb.inv_freq, inv_freq) and inv_freq.dtype == torch.float32
+    assert model.model.rotary_emb.inv_freq.to(torch.bfloat16).float().sub(inv_freq).abs().max() > 1e-5  # it would move
