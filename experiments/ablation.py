@@ -18,8 +18,10 @@ once the SFT checkpoint is trained. The recipe is the
 pair of config files below; the SFT-init row is the SFT checkpoint itself (greedy evaluation,
 so one number, std 0).
 """
+import ast
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -336,31 +338,46 @@ def plot(groups):
     return os.path.basename(path)
 
 
-def advantage_split(names):
+def variant_setting(variant, key):
+    """A train_grpo.py setting of a variant's runs: after its `+` (mer_r1+scale_rewards=none), else in
+    GRPO_CONFIG, else train_grpo.py's default (None when none of them sets it)."""
+    given = dict(kv.split("=", 1) for kv in variant.split("+")[1:])
+    if key.lower() in given:
+        return given[key.lower()]
+    for path in (GRPO_CONFIG, "train_grpo.py"):
+        m = re.search(rf"^{key} = (\S+)", open(os.path.join(ROOT, path)).read(), re.M)
+        if m:
+            return ast.literal_eval(m.group(1))
+    return None
+
+
+def advantage_split(names, scale="group", prompts=1):
     """Where a run's advantages come from, over the completions it logged (completions.jsonl):
     the shares of the squared advantage from A_dual (Eq. 5), lambda_fmt A_fmt and the rest (the
     calibration terms, Eq. 12), how often the calibration flips an advantage's sign, and the share
-    of groups (every step, log.jsonl) whose R_R, R_P and format are all tied."""
+    of groups (every step, log.jsonl) whose R_R, R_P and format are all tied. `scale` is the runs'
+    SCALE_REWARDS; under "batch" the std spans a micro-batch, the `prompts` groups logged in a row."""
     import torch
     import rewards
     sq, flips, n, tied, runs = {"dual": 0.0, "fmt": 0.0, "cali": 0.0, "all": 0.0}, 0, 0, [], 0
+    per_block = int(prompts) if scale == "batch" else 1
     for name in names:
         if not os.path.isfile(run_file(name, "completions.jsonl")):
             continue
         runs += 1
-        groups = {}
+        blocks = {}
         for line in open(run_file(name, "completions.jsonl")):
             c = json.loads(line)
-            groups.setdefault((c["step"], c["group"]), []).append(c)
-        for g in groups.values():
-            col = lambda k: torch.tensor([[c[k] for c in g]])  # noqa: E731
-            total = col("advantage")[0]
-            dual = rewards.dual_advantage(col("recall"), col("precision"))[0]
-            fmt = LAMBDA_FMT * rewards.group_normalize(col("format"))[0]
+            blocks.setdefault((c["step"], c["group"] // per_block), {}).setdefault(c["group"], []).append(c)
+        for block in blocks.values():
+            col = lambda k: torch.tensor([[c[k] for c in g] for _, g in sorted(block.items())])  # noqa: E731
+            total = col("advantage").flatten()
+            dual = rewards.dual_advantage(col("recall"), col("precision"), scale).flatten()
+            fmt = LAMBDA_FMT * rewards.group_normalize(col("format"), scale=scale).flatten()
             for k, a in (("dual", dual), ("fmt", fmt), ("cali", total - dual - fmt), ("all", total)):
                 sq[k] += (a ** 2).sum().item()
             flips += ((dual + fmt).sign() * total.sign() < 0).sum().item()
-            n += len(g)
+            n += len(total)
         tied += [r["tied_groups"] for r in map(json.loads, open(run_file(name, "log.jsonl"))) if "tied_groups" in r]
     if not n:
         return None
@@ -442,7 +459,8 @@ def report():
           "of the squared advantage; the cross terms make up the rest):", "", "| variant | runs | completions | A_dual | format | calibration "
           "| sign flipped by calibration | groups with tied R_R, R_P, format |", "|---|---|---|---|---|---|---|---|"]
     for label, names in training.items():
-        split = advantage_split(names) if label.split("+")[0] in split_variants else None
+        split = advantage_split(names, variant_setting(label, "SCALE_REWARDS"), variant_setting(label, "PROMPTS")) \
+            if label.split("+")[0] in split_variants else None
         if split:
             al.append(f"| {label} | {split} |")
     text = lines + gain + dl + (vl if val_steps else []) + tr + al

@@ -166,6 +166,27 @@ def test_advantage_split_into_dual_format_and_calibration(ablation):
     assert ablation.advantage_split(["mer_r1_s1"]) is None
 
 
+def test_advantage_split_under_batch_scaling_normalises_over_the_micro_batch(ablation):
+    # SCALE_REWARDS = "batch", PROMPTS = 2: groups 0 and 1 share one std. R_R [1, 0 | 1, 1] and R_P
+    # [1, 0 | 0, 0] both have batch std sqrt(0.1875) = 0.4330, so A_dual = [2.3094, -2.3094 | 0, 0];
+    # logged as the advantage, it is all of it (calibration 0). Normalised group by group (std 0.5
+    # in group 0) it would be [2, -2], and calibration would seem to carry 1.8%.
+    folder = os.path.join(ablation.RUNS, "mer_r1+scale_rewards=batch_s0")
+    os.makedirs(folder)
+    a = 1 / 0.1875 ** 0.5
+    with open(os.path.join(folder, "completions.jsonl"), "w") as f:
+        for g, recall, precision, adv in ((0, 1, 1, a), (0, 0, 0, -a), (1, 1, 0, 0.0), (1, 1, 0, 0.0)):
+            f.write(json.dumps({"step": 10, "group": g, "recall": recall, "precision": precision, "format": 1.0,
+                                "advantage": adv}) + "\n")
+    with open(os.path.join(folder, "log.jsonl"), "w") as f:
+        f.write(json.dumps({"step": 1, "tied_groups": 0.5}) + "\n")
+    name = ["mer_r1+scale_rewards=batch_s0"]
+    assert ablation.advantage_split(name, "batch", 2) == "1 | 4 | 100.0% | 0.0% | 0.0% | 0.0% | 50.0%"
+    assert ablation.advantage_split(name, "group", 2).split(" | ")[2:5] == ["75.0%", "0.0%", "1.8%"]
+    assert ablation.variant_setting("mer_r1+scale_rewards=batch", "SCALE_REWARDS") == "batch"
+    assert ablation.variant_setting("mer_r1", "SCALE_REWARDS") == "group"  # train_grpo.py's default
+
+
 def test_validation_curve_table_is_the_mean_and_std_over_runs(ablation, monkeypatch):
     # two mer_r1 runs with held-out scores at steps 0 and 10, one of them also at 20
     logs = {"mer_r1_s0": [(0, 60.0, 61.0, 59.0), (10, 64.0, 62.0, 66.0), (20, 67.0, 65.0, 69.0)],
