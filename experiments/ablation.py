@@ -45,9 +45,6 @@ RECIPES = {"template": ("experiments/runs", "configs/cpu_rl_sft.py", "configs/cp
            "real": ("experiments/runs_real", "configs/real_sft.py", "configs/real_rl.py", "goemotions/test_fine", 1000,
                     "goemotions/test_basic,goemotions/test_sentiment", 300, "table real")}
 RUNS, SFT_CONFIG, GRPO_CONFIG, FINE, FINE_SAMPLES, OTHER, OTHER_SAMPLES, MARKER = RECIPES[RECIPE]  # again after --recipe
-# what every GRPO run of a recipe's tables gets before its variant's own settings: the real tables keep
-# the paper's group std (Eq. 5), under which they ran; configs/real_rl.py divides by none since
-TABLE_SETTINGS = {"template": "", "real": "scale_rewards=group"}
 TRANSFER = ""                      # set by --recipe=real: the bundled test_fine, all 300, fast and slow
 EVAL_BATCH = 32
 THREADS = 0                        # per training / evaluation process (0: torch's default)
@@ -146,9 +143,9 @@ def train(name, kind, variant, seed, log):
     if kind == "sft":
         sh([sys.executable, "train_sft.py", SFT_CONFIG, f"--out_dir={out}", *threads], log)
     else:  # a variant may carry settings of train_grpo.py: mer_r1+eta_high=0.28+importance=sequence
-        base = variant.split("+")[0]
+        base, *settings = variant.split("+")
         sh([sys.executable, "train_grpo.py", GRPO_CONFIG, f"--init={RUNS}/sft/last", f"--variant={base}",
-            *[f"--{kv}" for kv in table_settings(variant)], f"--seed={seed}", f"--out_dir={out}", *threads], log)
+            *[f"--{kv}" for kv in settings], f"--seed={seed}", f"--out_dir={out}", *threads], log)
 
 
 def finished():
@@ -341,16 +338,10 @@ def plot(groups):
     return os.path.basename(path)
 
 
-def table_settings(variant):
-    """The train_grpo.py settings of a variant's runs, in order: the recipe's TABLE_SETTINGS, then the
-    variant's own after its `+` (mer_r1+scale_rewards=none), the later winning."""
-    return [kv for kv in [*TABLE_SETTINGS[RECIPE].split("+"), *variant.split("+")[1:]] if kv]
-
-
 def variant_setting(variant, key):
-    """A train_grpo.py setting of a variant's runs: in table_settings, else in GRPO_CONFIG, else
-    train_grpo.py's default (None when none of them sets it)."""
-    given = dict(kv.split("=", 1) for kv in table_settings(variant))
+    """A train_grpo.py setting of a variant's runs: after its `+` (mer_r1+scale_rewards=none), else in
+    GRPO_CONFIG, else train_grpo.py's default (None when none of them sets it)."""
+    given = dict(kv.split("=", 1) for kv in variant.split("+")[1:])
     if key.lower() in given:
         return given[key.lower()]
     for path in (GRPO_CONFIG, "train_grpo.py"):

@@ -245,23 +245,6 @@ def test_a_variant_carries_train_grpo_settings_after_a_plus(monkeypatch):
     assert [n for n, *_ in ablation.run_dirs("mer_r1,mer_r1+eta_high=0.28", "0")] == ["sft", "mer_r1_s0", "mer_r1+eta_high=0.28_s0"]
 
 
-def test_the_real_tables_keep_group_scaling_whatever_the_recipe_config_says(monkeypatch):
-    # configs/real_rl.py divides by no std; the real Table 4 and options table ran under group: each
-    # run gets --scale_rewards=group first, and a variant's own setting comes after it (and wins)
-    ablation, commands = load(), []
-    monkeypatch.setattr(ablation, "sh", lambda cmd, log: commands.append(cmd))
-    monkeypatch.setattr(ablation, "RECIPE", "real")
-    monkeypatch.setattr(ablation, "GRPO_CONFIG", "configs/real_rl.py")
-    ablation.train("mer_r1_s0", "grpo", "mer_r1", 0, "x")
-    ablation.train("mer_r1+scale_rewards=none_s0", "grpo", "mer_r1+scale_rewards=none", 0, "x")
-    assert [c[5:-2] for c in commands] == [["--scale_rewards=group"], ["--scale_rewards=group", "--scale_rewards=none"]]
-    assert ablation.variant_setting("mer_r1", "SCALE_REWARDS") == "group"
-    assert ablation.variant_setting("mer_r1+scale_rewards=none", "SCALE_REWARDS") == "none"
-    assert ablation.variant_setting("mer_r1", "MAX_STEPS") == 20  # from the config file
-    monkeypatch.setattr(ablation, "RECIPE", "template")
-    assert ablation.table_settings("mer_r1+eta_high=0.28") == ["eta_high=0.28"]
-
-
 def test_an_options_table_compares_each_option_with_the_first_row(ablation, monkeypatch):
     # --table=options --variants=mer_r1,mer_r1+eta_high=0.28: its rows are those variants, and the
     # seed-by-seed differences are taken against mer_r1 (Table 4 takes them against baseline)
