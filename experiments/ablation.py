@@ -88,14 +88,17 @@ def sh(cmd, log):
 
 
 def evaluate(ckpt, out, log):
-    """Slow and fast on FINE (diagnostics on), then OTHER in both modes on OTHER_SAMPLES each."""
+    """Slow and fast on FINE (diagnostics on), then OTHER in both modes on OTHER_SAMPLES each.
+    Each step writes its summary.json last, so an interrupted evaluation resumes at the step it was in."""
     py, threads = sys.executable, [f"--threads={THREADS}"] if THREADS else []
     common = [f"--ckpt={ckpt}", "--grpo_log=", f"--batch_size={EVAL_BATCH}", *threads]
-    sh([py, "evaluate.py", f"--splits={FINE}", f"--out_dir={out}/fine", f"--max_samples={FINE_SAMPLES}", *common], log)
-    sh([py, "evaluate.py", f"--splits={OTHER}", f"--out_dir={out}/other", "--diagnostics=False",
-        f"--max_samples={OTHER_SAMPLES}", *common], log)
+    steps = [("fine", [f"--splits={FINE}", f"--max_samples={FINE_SAMPLES}"]),
+             ("other", [f"--splits={OTHER}", "--diagnostics=False", f"--max_samples={OTHER_SAMPLES}"])]
     if TRANSFER:  # the other recipe's fine split: does what GRPO learned here cost the other data?
-        sh([py, "evaluate.py", f"--splits={TRANSFER}", f"--out_dir={out}/transfer", "--diagnostics=False", *common], log)
+        steps.append(("transfer", [f"--splits={TRANSFER}", "--diagnostics=False"]))
+    for sub, args in steps:
+        if not os.path.exists(os.path.join(ROOT, out, sub, "summary.json")):
+            sh([py, "evaluate.py", *args, f"--out_dir={out}/{sub}", *common], log)
     results = {**json.load(open(os.path.join(ROOT, out, "fine", "summary.json")))["results"],
                **json.load(open(os.path.join(ROOT, out, "other", "summary.json")))["results"]}
     return {spec: results[split_name(spec)] for spec in [FINE, *OTHER.split(",")]}  # keyed as FINE and OTHER

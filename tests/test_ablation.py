@@ -136,6 +136,31 @@ def test_stale_locks_are_taken_over_live_and_foreign_ones_respected(tmp_path):
         assert open(lock).read() == other
 
 
+def test_an_interrupted_evaluation_resumes_at_the_step_it_was_in(tmp_path, monkeypatch):
+    ablation = load()
+    monkeypatch.setattr(ablation, "TRANSFER", "test_fine")
+    ran = []
+
+    def sh(cmd, log):  # a step as evaluate.py ends it: summary.json written last
+        out_dir = next(a for a in cmd if a.startswith("--out_dir=")).split("=", 1)[1]
+        ran.append(os.path.basename(out_dir))
+        os.makedirs(out_dir, exist_ok=True)
+        splits = next(a for a in cmd if a.startswith("--splits=")).split("=", 1)[1].split(",")
+        results = {ablation.split_name(s): f"{ran[-1]} {len(ran)}" for s in splits}
+        json.dump({"results": results}, open(os.path.join(out_dir, "summary.json"), "w"))
+    monkeypatch.setattr(ablation, "sh", sh)
+    out = str(tmp_path / "run" / "eval")
+    ablation.evaluate("ckpt/last", out, str(tmp_path / "log"))
+    assert ran == ["fine", "other", "transfer"]
+
+    ran.clear()
+    for sub in ("other", "transfer"):  # killed inside the second step
+        os.remove(os.path.join(out, sub, "summary.json"))
+    scores = ablation.evaluate("ckpt/last", out, str(tmp_path / "log"))
+    assert ran == ["other", "transfer"]  # the finished first step is not repeated
+    assert (scores[ablation.FINE], scores[ablation.OTHER.split(",")[0]]) == ("fine 1", "other 1")
+
+
 def test_mean_and_sample_std_over_seeds():
     ablation = load()
     m, s = ablation.mean_std([70.64, 67.20, 70.64])
