@@ -108,8 +108,6 @@ run.check_settings([
     (IMPORTANCE in ("token", "sequence") and SCALE_REWARDS in ("group", "batch", "none") and ETA_HIGH >= 0,
      f"--importance={IMPORTANCE!r} (token | sequence), --scale_rewards={SCALE_REWARDS!r} (group | batch | none), "
      f"--eta_high={ETA_HIGH} (>= 0)"),
-    (not (UPDATES_PER_BATCH > 1 and GRAD_ACCUM > 1),
-     "UPDATES_PER_BATCH > 1 needs GRAD_ACCUM = 1 (each micro-batch is then its own batch)"),
 ])
 run.check_writable(OUT_DIR)
 log_with = run.trackers(LOG_WITH)
@@ -270,7 +268,7 @@ while step < stop_at:
     for group in optimizer.param_groups:
         group["lr"] = lr
     batch_all = [s for _, s in data.batch_at(samples, step * per_step, per_step, SEED, rank, accelerator.num_processes)]
-    stats = []
+    stats, kept = [], []  # kept: what each micro-batch's later updates reuse (UPDATES_PER_BATCH > 1)
     for micro in range(GRAD_ACCUM):
         batch = batch_all[micro * PROMPTS:(micro + 1) * PROMPTS]
         # 1. sample G completions per prompt, slow mode
@@ -313,11 +311,8 @@ while step < stop_at:
             adv = rewards.advantages(VARIANT, grouped, LAMBDA_CALI, LAMBDA_FMT, SCALE_REWARDS).flatten()
             keep = rewards.loss_rows(adv.view(-1, G), completion, eos, MASK_TRUNCATED, SKIP_TIED_GROUPS)
             loss, s, grad_norm = update(logp, old_logp, adv, c_mask, ref_logp, keep)
-        for _ in range(UPDATES_PER_BATCH - 1):  # the batch again: its rewards, advantages, old and reference log-probs
-            with accelerator.accumulate(policy):
-                loss, s, grad_norm = update(logprobs(policy, ids, mask, media, completion, c_mask)[0], old_logp, adv,
-                                            c_mask, ref_logp, keep)
         laps.lap("fwd_bwd_s")
+        kept.append((ids, mask, media, completion, c_mask, old_logp, adv, ref_logp, keep))
         if master and LOG_COMPLETIONS_EVERY and (step + 1) % LOG_COMPLETIONS_EVERY == 0:
             run.log_completions(OUT_DIR, accelerator.trackers, step + 1, rows, texts, c_mask, r, adv, micro * PROMPTS, G)
         means = rewards.group_stats(grouped, adv.view(-1, G))
@@ -325,6 +320,13 @@ while step < stop_at:
             warned_coverage = run.warn_no_calibration(texts, step + 1)
         stats.append({"loss": loss.item(), **s, **means, "completion_len": c_mask.sum(1).float().mean().item(),
                       "truncated": 1 - (completion == eos).any(1).float().mean().item()})
+    for _ in range(UPDATES_PER_BATCH - 1):  # the whole batch again, each micro-batch with its advantages, old log-probs
+        for i, (ids, mask, media, completion, c_mask, old_logp, adv, ref_logp, keep) in enumerate(kept):
+            with accelerator.accumulate(policy):  # and reference log-probs; the ratio has left 1
+                loss, s, grad_norm = update(logprobs(policy, ids, mask, media, completion, c_mask)[0], old_logp, adv,
+                                            c_mask, ref_logp, keep)
+            stats[i].update(loss=loss.item(), **s)  # the loss and clipping of the batch's last update
+            laps.lap("fwd_bwd_s")
     step += 1
     # 6. log (averaged over micro-batches and processes)
     rec = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}

@@ -208,13 +208,19 @@ def test_zero_variance_groups_give_zero_advantage_and_no_nan(tmp_path):
     assert rec["zero_std_groups"] == 1.0 and rec["loss"] == 0.0 and rec["grad_norm"] == 0.0
 
 
-def test_several_updates_per_batch(tiny_sft, tmp_path):
-    _run([f"--init={tiny_sft}", f"--out_dir={tmp_path}", "--max_steps=1", "--updates_per_batch=3", "--lr=1e-3", *SMALL])
+@pytest.mark.parametrize("prompts,grad_accum", [(2, 1), (1, 2)])
+def test_several_updates_per_batch(tiny_sft, tmp_path, prompts, grad_accum):
+    _run([f"--init={tiny_sft}", f"--out_dir={tmp_path}", "--max_steps=1", "--updates_per_batch=3", "--lr=1e-3",
+          f"--prompts={prompts}", f"--grad_accum={grad_accum}", *SMALL])
     rec = _steps(tmp_path)[0]
     # the old log-probs stay those of the sampling policy: by the 3rd update the ratio has left 1
     # and clipping engages (both would be 0 if the old log-probs were refreshed each update)
     assert math.isfinite(rec["loss"]) and rec["kl"] > 0
     assert rec["ratio_dev"] > 0.05 and 0 < rec["clip_frac"] <= 1
+    # three optimizer steps on the batch, each over all its micro-batches (one per micro-batch: 6;
+    # only the last micro-batch again: 1 + the steps its lone accumulation never completes)
+    state = torch.load(tmp_path / "last" / "trainer_state.pt", weights_only=False)["optimizer"]["state"]
+    assert {int(v["step"]) for v in state.values()} == {3}
 
 
 def test_resume_reaches_the_same_weights(tiny_sft, tmp_path):
