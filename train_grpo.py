@@ -268,7 +268,7 @@ while step < stop_at:
     for group in optimizer.param_groups:
         group["lr"] = lr
     batch_all = [s for _, s in data.batch_at(samples, step * per_step, per_step, SEED, rank, accelerator.num_processes)]
-    stats, kept = [], []  # kept: what each micro-batch's later updates reuse (UPDATES_PER_BATCH > 1)
+    stats, kept = [], []
     for micro in range(GRAD_ACCUM):
         batch = batch_all[micro * PROMPTS:(micro + 1) * PROMPTS]
         # 1. sample G completions per prompt, slow mode
@@ -312,7 +312,8 @@ while step < stop_at:
             keep = rewards.loss_rows(adv.view(-1, G), completion, eos, MASK_TRUNCATED, SKIP_TIED_GROUPS)
             loss, s, grad_norm = update(logp, old_logp, adv, c_mask, ref_logp, keep)
         laps.lap("fwd_bwd_s")
-        kept.append((ids, mask, media, completion, c_mask, old_logp, adv, ref_logp, keep))
+        if UPDATES_PER_BATCH > 1:  # what this micro-batch's later updates reuse (only then: media can be large)
+            kept.append((ids, mask, media, completion, c_mask, old_logp, adv, ref_logp, keep))
         if master and LOG_COMPLETIONS_EVERY and (step + 1) % LOG_COMPLETIONS_EVERY == 0:
             run.log_completions(OUT_DIR, accelerator.trackers, step + 1, rows, texts, c_mask, r, adv, micro * PROMPTS, G)
         means = rewards.group_stats(grouped, adv.view(-1, G))
