@@ -273,6 +273,7 @@ def test_two_processes_stay_in_sync(tiny_sft, tmp_path):
     assert end["param_checksums"][0] == end["param_checksums"][1]
     init_sum = sum(v.double().sum().item() for v in _weights(tiny_sft).values())
     assert end["param_checksums"][0] != pytest.approx(init_sum, abs=1e-6)
+    assert not os.path.exists(tmp_path / "lock")  # released before the processes end themselves
 
 
 ZERO2 = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", os.path.join(ROOT, "configs", "zero2_cpu.yaml")]
