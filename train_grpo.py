@@ -69,7 +69,7 @@ LAMBDA_CALI = 0.1
 LAMBDA_FMT = 0.1
 AGGREGATION = "sequence"  # sequence (mean per completion, then over them) | token | constant (Dr. GRPO)
 # options of other GRPO implementations (README, "Options"); the defaults are the paper's
-IMPORTANCE = "token"      # token | sequence (GSPO's length-normalised sequence ratio)
+IMPORTANCE = "token"      # token | sequence (GSPO's length-normalised ratio: ETA 0.2 never clips it; GSPO used 3e-4 / 4e-4)
 ETA_HIGH = 0.0            # > 0: clip from above at 1 + ETA_HIGH (DAPO's clip-higher); 0: symmetric
 SCALE_REWARDS = "group"   # group (GRPO) | batch (Lite-PPO) | none (Dr. GRPO): what divides R - group mean
 MASK_TRUNCATED = False    # completions without EOS (cut at MAX_NEW_TOKENS) leave the loss (DAPO)
