@@ -349,6 +349,6 @@ while step < stop_at:
     if stop_now:  # every rank saw the request at the same step boundary
         if master:
             print(f"interrupted: saved step {step} in {OUT_DIR}/last; run again to resume")
-        raise SystemExit(130)
+        run.leave(accelerator, log, OUT_DIR, 130)
 bar.close()
 run.finish(accelerator, policy, log, step, engine_info, OUT_DIR)

@@ -244,16 +244,21 @@ def stop_requested(accelerator, interrupted):
 
 
 def finish(accelerator, model, log, step, engine_info, out_dir):
-    """The `end` event of log.jsonl, with every rank's weight checksum (replicas must agree), and a
-    shutdown in step: no rank tears its gloo pairs down while a peer still sends. With several
-    processes it then ends the process itself: the interpreter's own teardown (after the script's
-    last line, no Python frame left) aborted rank 0 about one run in 15 on a busy 2-core machine
-    ("terminate called without an active exception", a C++ thread still joinable at exit)."""
+    """The `end` event of log.jsonl, with every rank's weight checksum (replicas must agree), then `leave`."""
     from accelerate.utils import gather_object
     checksums = gather_object([sum(p.double().sum().item() for p in accelerator.unwrap_model(model).parameters())])
     if accelerator.is_main_process:
         log.write(json.dumps({"event": "end", "step": step, **engine_info, "param_checksums": checksums}) + "\n")
         print(f"done: {step} steps, checkpoint in {out_dir}/last")
+    leave(accelerator, log, out_dir)
+
+
+def leave(accelerator, log, out_dir, code=0):
+    """A shutdown in step (finished, or interrupted and saved: exit `code`): no rank tears its gloo pairs
+    down while a peer still sends. With several processes it then ends the process itself: the
+    interpreter's own teardown (after the script's last line, no Python frame left) aborted rank 0
+    about one run in 15 on a busy 2-core machine ("terminate called without an active exception",
+    a C++ thread still joinable at exit)."""
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if accelerator.num_processes > 1:  # everything is written; skip the teardown that can abort
@@ -262,7 +267,9 @@ def finish(accelerator, model, log, step, engine_info, out_dir):
         release_lock(out_dir)  # what the exit handlers would do
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(code)
+    if code:
+        raise SystemExit(code)
 
 
 def interrupt_flag(out_dir):
