@@ -268,6 +268,12 @@ def test_a_variant_carries_train_grpo_settings_after_a_plus(monkeypatch):
     cmd = commands[0]
     assert "--variant=mer_r1" in cmd and "--eta_high=0.28" in cmd and "--importance=sequence" in cmd and "--seed=1" in cmd
     assert [n for n, *_ in ablation.run_dirs("mer_r1,mer_r1+eta_high=0.28", "0")] == ["sft", "mer_r1_s0", "mer_r1+eta_high=0.28_s0"]
+    # the real recipe's tables keep the settings they ran with; a variant's own come after them and win
+    monkeypatch.setattr(ablation, "RECIPE", "real")
+    ablation.train("mer_r1+beta=0.2_s1", "grpo", "mer_r1+beta=0.2", 1, "x")
+    assert [a for a in commands[1] if a.startswith(("--beta", "--scale"))] == ["--scale_rewards=group", "--beta=0.04", "--beta=0.2"]
+    assert ablation.variant_setting("mer_r1", "SCALE_REWARDS") == "group"  # not configs/real_rl.py's
+    assert ablation.variant_setting("mer_r1+scale_rewards=none", "SCALE_REWARDS") == "none"
 
 
 def test_an_options_table_compares_each_option_with_the_first_row(ablation, monkeypatch):
