@@ -148,11 +148,7 @@ def save():
 
 os.makedirs(OUT_DIR, exist_ok=True)
 accelerator.init_trackers("tracker", config={k: str(v) for k, v in settings.items()})
-if master:
-    run.truncate_log(OUT_DIR, step)  # a resumed run rewrites what came after its checkpoint
-log = open(os.path.join(OUT_DIR, "log.jsonl"), "a") if master else None
-if master:
-    log.write(json.dumps({"event": "start", "step": step, **engine_info}) + "\n")
+log = run.open_log(accelerator, OUT_DIR, step, engine_info)
 if unmapped is not None:
     log.write(json.dumps({"event": "data", "train": TRAIN, "unmapped_label_words": unmapped}) + "\n")
 bar = tqdm(total=total_steps, initial=step, desc="sft", disable=not master)
@@ -196,8 +192,6 @@ while step < stop_at:
     if step % SAVE_EVERY == 0 or step == stop_at or stop_now:
         save()
     if stop_now:  # every rank saw the request at the same step boundary
-        if master:
-            print(f"interrupted: saved step {step} in {OUT_DIR}/last; run again to resume")
-        run.leave(accelerator, log, OUT_DIR, 130)
+        run.stop(accelerator, log, step, OUT_DIR)
 bar.close()
 run.finish(accelerator, model, log, step, engine_info, OUT_DIR)

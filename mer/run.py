@@ -253,6 +253,13 @@ def finish(accelerator, model, log, step, engine_info, out_dir):
     leave(accelerator, log, out_dir)
 
 
+def stop(accelerator, log, step, out_dir):
+    """An interrupt honoured at a step boundary, after the save: say where it resumes, then exit 130."""
+    if accelerator.is_main_process:
+        print(f"interrupted: saved step {step} in {out_dir}/last; run again to resume")
+    leave(accelerator, log, out_dir, 130)
+
+
 def leave(accelerator, log, out_dir, code=0):
     """A shutdown in step (finished, or interrupted and saved: exit `code`): no rank tears its gloo pairs
     down while a peer still sends. With several processes it then ends the process itself: the
@@ -340,6 +347,17 @@ def read_log(path):
                 raise SystemExit(f"{path}, line {i}: not valid JSON; fix or delete that line")
             print(f"warning: {path}: the last line is cut short (a crash mid-write?); it is dropped", file=sys.stderr)
     return records
+
+
+def open_log(accelerator, out_dir, step, start):
+    """The main process's log.jsonl (None on the others), cut back to `step` (truncate_log: a resumed
+    run rewrites what came after its checkpoint), its `start` event written first."""
+    if not accelerator.is_main_process:
+        return None
+    truncate_log(out_dir, step)
+    log = open(os.path.join(out_dir, "log.jsonl"), "a")
+    log.write(json.dumps({"event": "start", "step": step, **start}) + "\n")
+    return log
 
 
 def truncate_log(out_dir, step, names=("log.jsonl", "completions.jsonl")):

@@ -385,9 +385,10 @@ def test_ctrl_c_saves_at_a_step_boundary_and_resumes_like_an_uninterrupted_run(t
         time.sleep(0.05)
     time.sleep(0.3)  # somewhere inside step 2
     p.send_signal(getattr(signal, signum))
-    _, err = p.communicate(timeout=600)
+    out, err = p.communicate(timeout=600)
     assert p.returncode == 130, err[-2000:]
     saved = torch.load(cut / "last" / "trainer_state.pt", weights_only=False)["step"]
+    assert f"interrupted: saved step {saved} in {cut}/last; run again to resume" in out
     assert 1 <= saved <= 4 and [r["step"] for r in _log(cut) if "event" not in r] == list(range(1, saved + 1))
     _run([f"--out_dir={cut}", *args])
     full, resumed = _weights(tmp_path / "full" / "last"), _weights(cut / "last")
