@@ -44,7 +44,7 @@ BATCH_SIZE = 16
 MAX_NEW_TOKENS = 192  # slow mode; fast mode stops at the answer
 FAST_MAX_NEW_TOKENS = 48
 MAX_PROMPT_TOKENS = 1024  # a longer text prompt gets its subtitle cut, with a warning (0: no limit)
-DIAGNOSTICS = True  # teacher-forced confidences (Eq. 1, 2) on the model's own answers
+DIAGNOSTICS = True  # confidences (Eq. 1, 2) at the model's own answer words, read while decoding
 JUDGE = ""          # a model that maps emotion words to sentiment (paper: Qwen2.5-7B-Instruct); empty: wheel mapping
 GRPO_LOG = "out/grpo/log.jsonl"  # plotted as training dynamics when present
 PLOT = ""          # a log.jsonl: only draw its training curves (training.png next to it), at any time
@@ -226,7 +226,7 @@ def report_skipped(scored, n, labels_path):
 
 def answer_category_confidences(word_logprobs, word_tables):
     """{category: conf} of one answer in one wheel: Eq. (1) at the first token of each answer word,
-    from teacher-forced next-token log-probs (`word_logprobs` [n_words, vocab]; `word_tables[j]`
+    from the next-token log-probs at those words (`word_logprobs` [n_words, vocab]; `word_tables[j]`
     the V(c) table for word j in context), averaged over the word positions."""
     per_word = [rewards.category_confidences(word_logprobs[j], word_tables[j]) for j in range(len(word_logprobs))]
     return {c: sum(float(p[c]) for p in per_word) / len(per_word) for c in per_word[0]}
@@ -378,8 +378,9 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
             t0 = time.time()
             limit = MAX_NEW_TOKENS if mode == "slow" else FAST_MAX_NEW_TOKENS
             diagnose = DIAGNOSTICS and task != "sentiment"
+            keep = prompts.table_token_ids(prompts.category_tables(tokenizer, wheels)) if diagnose else None
             outputs = generation.generate(model, tokenizer, samples, mode, limit, BATCH_SIZE, autocast, processor,
-                                          diagnose, f"{name} {mode}")
+                                          keep, f"{name} {mode}")
             texts = generation.completion_texts(tokenizer, [c for _, c, _ in outputs], mode)
             opensets = [", ".join(wheel.parse_answer(t)) for t in texts]
             data.write_csv(os.path.join(out_dir, f"preds_{name}_{mode}.csv"), ["name", "openset", "mode", "text"],

@@ -58,15 +58,15 @@ def clip_sample():
 
 def answer(model, tokenizer, processor, sample, mode, autocast, wheels):
     """(text after the prefix, answer words, {category: Eq.-1 conf} per wheel or None) of one mode:
-    greedy, then a teacher-forced pass over the answer (generation.generate with diagnostics)."""
+    greedy, the log-probs at its answer words read while decoding (generation.generate)."""
     limit = MAX_NEW_TOKENS if mode == "slow" else FAST_MAX_NEW_TOKENS
+    tables = prompts.category_tables(tokenizer, wheels)
     [(_, completion, teacher)] = generation.generate(model, tokenizer, [sample], mode, limit, 1, autocast, processor,
-                                                     diagnostics=True)
+                                                     diagnostics=prompts.table_token_ids(tables))
     text = prompts.PREFIX[mode] + tokenizer.decode(completion, skip_special_tokens=True)
     conf = None
     if teacher is not None:
         words, lp = teacher
-        tables = prompts.category_tables(tokenizer, wheels)
         conf = [evaluate.answer_category_confidences(lp, [tables[(k, w.space)] for w in words])
                 for k in range(len(wheels.level1))]
     return text, wheel.parse_answer(text), conf

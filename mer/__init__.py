@@ -10,7 +10,7 @@ the scripts; the wheels and answer parsing in wheel.py):
     inputs       samples -> model inputs: token ids and media tensors, video/audio decoding, padding
     models       load by name, the embedded SmolLM2 and tiny test models, LoRA, gradient checkpointing
     engine       forward passes: the prompt KV cache, continuation hidden states, log-probs, the sampler
-    generation   greedy answers for evaluation, teacher-forced answer log-probs, the sentiment judge
+    generation   greedy answers for evaluation, log-probs at their answer words, the sentiment judge
     plots        training curves and the Section-3 figure (matplotlib, optional)
 
 Arrows point one way: scripts -> mer -> wheel, rewards.

@@ -118,14 +118,17 @@ def completion_logprobs(model, ids, mask, media, completion, c_mask, n, temperat
 
 
 def sample(model, ids, mask, media, n, max_new, min_new=0, temperature=1.0, top_p=1.0, eos=None,
-           stop_string=None, tokenizer=None):
+           stop_string=None, tokenizer=None, keep_ids=None):
     """Token ids [rows, <= max_new] of n completions per left-padded prompt (row i continues prompt
     i // n), one token per forward from a KV cache; temperature 0 is greedy. A row ends at EOS or,
     with `stop_string`, at the first token that completes it in the decoded text (`tokenizer`),
     as generate(stop_strings=...) does; after its end a row holds EOS. Finished rows leave the
     batch: the cache, mask and positions keep the live rows only. EOS cannot be drawn before
     `min_new` tokens. Each step draws one uniform per row, live or not, so the same seed gives
-    the same completions whichever rows have left."""
+    the same completions whichever rows have left. With `keep_ids` (token ids [K]) it returns
+    (tokens, log-probs [rows, T, K]): each step's next-token log-probs at those ids, read from the
+    logits the step computed anyway, so Section 3's diagnostics need no second pass (-inf after a
+    row's end)."""
     cache, position = prompt_cache(model, ids, mask, media, n)
     cache = with_room(cache, max_new)
     rows = len(ids) * n
@@ -134,9 +137,13 @@ def sample(model, ids, mask, media, n, max_new, min_new=0, temperature=1.0, top_
     live = torch.arange(rows, device=ids.device)  # the output row of each batch row
     out = torch.full((rows, max_new), eos, dtype=torch.long, device=ids.device)
     new = [[] for _ in range(rows)]
+    if keep_ids is not None:
+        kept = torch.full((rows, max_new, len(keep_ids)), -float("inf"), device=ids.device)
     for t in range(max_new):
         logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=(position + t)[:, None],
                        cache=cache, use_cache=True).logits[:, -1].float()
+        if keep_ids is not None:
+            kept[live, t] = logits.index_select(-1, keep_ids) - logits.logsumexp(-1, keepdim=True)
         if t < min_new:
             logits[:, eos] = -float("inf")
         u = torch.rand(rows, 1, dtype=torch.float64, device=ids.device)[live] if temperature else None
@@ -148,13 +155,14 @@ def sample(model, ids, mask, media, n, max_new, min_new=0, temperature=1.0, top_
                 new[row].append(tok)  # the string is at most len(stop_string) tokens back
                 ended[i] |= stop_string in tokenizer.decode(new[row][-len(stop_string) - 1:], skip_special_tokens=True)
         if ended.all():
-            return out[:, :t + 1]
+            out = out[:, :t + 1]
+            break
         if ended.any():
             keep = (~ended).nonzero().squeeze(1)
             cache.batch_select_indices(keep)
             mask, position, token, live = mask[keep], position[keep], token[keep], live[keep]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-    return out
+    return out if keep_ids is None else (out, kept[:, :out.shape[1]])
 
 
 def next_token(logits, temperature=1.0, top_p=1.0, u=None):

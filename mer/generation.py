@@ -1,5 +1,5 @@
 """Answers for evaluation and predict.py: greedy completions in slow or fast mode through the engine's
-sampler (stopping at `</answer>`), the teacher-forced log-probs at the model's own answer words
+sampler (stopping at `</answer>`), the log-probs at the model's own answer words read while decoding
 (Section 3's confidences), and the paper's LLM sentiment judge. Every limit is an argument."""
 import re
 
@@ -17,14 +17,16 @@ JUDGE_PROMPT = ("Please assume the role of an expert in emotions. We provide a s
 
 
 def generate(model, tokenizer, samples, mode, max_new_tokens, batch_size, autocast, processor=None,
-             diagnostics=False, desc=""):
+             diagnostics=None, desc=""):
     """Greedy completions after the forced prefix of `mode`, batched by prompt length, each row
     ending at EOS or `</answer>` (a model that keeps talking after its answer costs time, not
     score). Returns, in sample order, (prompt_ids, completion_ids, teacher) with the completion
-    cut after its first EOS and `teacher` the word_logprobs result (None without `diagnostics`)."""
+    cut after its first EOS and `teacher` (see answer_logprobs) read at the token ids
+    `diagnostics` (None: no diagnostics, teacher None)."""
     eos = tokenizer.eos_token_id
     lengths = [len(prompt_text(s, tokenizer, mode)) for s in samples]
     order = sorted(range(len(samples)), key=lambda i: lengths[i])
+    keep_ids = None if diagnostics is None else torch.tensor(diagnostics, dtype=torch.long, device=model.device)
     out = [None] * len(samples)
     for b in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
         idx = order[b:b + batch_size]
@@ -33,41 +35,36 @@ def generate(model, tokenizer, samples, mode, max_new_tokens, batch_size, autoca
         ids, mask = left_pad(prompts, eos, model.device)
         with torch.no_grad(), autocast():
             completion = engine.sample(model, ids, mask, media, 1, max_new_tokens, temperature=0, eos=eos,
-                                       stop_string="</answer>", tokenizer=tokenizer)
+                                       stop_string="</answer>", tokenizer=tokenizer, keep_ids=keep_ids)
+        if keep_ids is not None:
+            completion, kept = completion
         n = rewards.completion_mask(completion, eos).sum(1)
-        completions = [completion[row, :int(n[row])].tolist() for row in range(len(idx))]
-        teacher = (word_logprobs(model, tokenizer, prompts, completions, mode, media, autocast) if diagnostics
-                   else [None] * len(idx))
         for row, i in enumerate(idx):
-            out[i] = (prompts[row], completions[row], teacher[row])
+            c = completion[row, :int(n[row])].tolist()
+            teacher = None if keep_ids is None else answer_logprobs(c, kept[row], keep_ids, tokenizer, mode)
+            out[i] = (prompts[row], c, teacher)
     return out
+
+
+def answer_logprobs(completion, kept, keep_ids, tokenizer, mode):
+    """(answer words [AnswerWord], log-probs [n_words, vocabulary]) of one greedy completion, the
+    next-token log-probs at the first token of each answer word: `kept` [T, K] holds them at the
+    ids `keep_ids` for every completion position (engine.sample), the rest of the row is -inf, so
+    Eq. (1) over ids among `keep_ids` reads the model's own values. None when the answer does not
+    parse. Decoding computed these logits already: the same numbers as a teacher-forced pass over
+    prompt + completion, up to the rounding of a different batch shape."""
+    words = answer_words(completion, tokenizer, PREFIX[mode])
+    if not words:
+        return None
+    vocab = max(len(tokenizer), int(keep_ids.max()) + 1)
+    lp = torch.full((len(words), vocab), -float("inf"))
+    lp[:, keep_ids.cpu()] = kept[[w.token for w in words]].cpu()
+    return words, lp
 
 
 def completion_texts(tokenizer, completions, mode):
     """The whole assistant turn of each completion: the forced prefix of `mode`, then its text."""
     return [PREFIX[mode] + tokenizer.decode(c, skip_special_tokens=True) for c in completions]
-
-
-def word_logprobs(model, tokenizer, prompts, completions, mode, media, autocast):
-    """Teacher-forced pass over the model's own answers (one batch, with its media): for each
-    completion, its answer words [AnswerWord] and the log-probs [n_words, vocab] at their first
-    tokens, or None when the answer does not parse."""
-    found = [answer_words(c, tokenizer, PREFIX[mode]) for c in completions]
-    if not any(found):
-        return [None] * len(completions)
-    ids, mask = left_pad([p + c for p, c in zip(prompts, completions)], tokenizer.eos_token_id, model.device)
-    keep = max(len(c) for c in completions) + 1
-    with torch.no_grad(), autocast():
-        logits = engine.forward_logits(model, ids, mask, media, keep).float()
-    out = []
-    for row, (words, c) in enumerate(zip(found, completions)):
-        if not words:
-            out.append(None)
-            continue
-        # completion token j is predicted at kept column keep - len(c) + j - 1
-        cols = [keep - len(c) + w.token - 1 for w in words]
-        out.append((words, torch.log_softmax(logits[row, cols], -1)))
-    return out
 
 
 def judge_sentiment(judge, tokenizer, word_lists, batch_size=16):

@@ -206,3 +206,9 @@ def category_tables(tokenizer, wheels, ks=None):
     (k, AnswerWord.space)."""
     ks = range(len(wheels.level1)) if ks is None else ks
     return {(k, space): first_tokens(wheels, k, tokenizer, space) for k in ks for space in (False, True)}
+
+
+def table_token_ids(tables):
+    """Every token id that Eq. (1) reads through `tables` (category_tables), sorted: the ids whose
+    log-probs decoding keeps for the diagnostics."""
+    return sorted({i for table in tables.values() for ids in table.values() for i in ids})

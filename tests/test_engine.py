@@ -78,6 +78,32 @@ def test_greedy_equals_generate_with_stop_strings_and_rows_that_end_early(tiny_s
         assert sizes[:ours.shape[1]] == [sum(t <= e for e in last) for t in range(ours.shape[1])]
 
 
+def test_kept_logprobs_equal_a_teacher_forced_pass_up_to_each_rows_end(tiny_sft):
+    model, tok = mer.models.load_model(tiny_sft)
+    model.eval()
+    eos = tok.eos_token_id
+    prompts, _ = mer.inputs.encode_prompts(mer.data.load_split("test_fine")[:6], tok, "slow")
+    ids, mask = mer.inputs.left_pad(prompts, eos)
+    with torch.no_grad():
+        plain = mer.engine.sample(model, ids, mask, {}, 1, 120, temperature=0, eos=eos, stop_string="</answer>",
+                                  tokenizer=tok)
+        keep = torch.tensor(sorted(set(plain.flatten().tolist()) | set(range(0, len(tok), 7))))
+        ours, kept = mer.engine.sample(model, ids, mask, {}, 1, 120, temperature=0, eos=eos,
+                                       stop_string="</answer>", tokenizer=tok, keep_ids=keep)
+        assert torch.equal(ours, plain) and kept.shape == (6, ours.shape[1], len(keep))
+        ends = []
+        for row, p in enumerate(prompts):
+            r = ours[row].tolist()
+            text_end = [tok.decode(r[:j + 1], skip_special_tokens=True).endswith("</answer>") for j in range(len(r))]
+            end = min([j for j, e in enumerate(text_end) if e] + [j for j, t in enumerate(r) if t == eos] + [len(r) - 1])
+            ends.append(end)
+            logits = model(input_ids=torch.tensor([p + r[:end]])).logits[0, len(p) - 1:].float()
+            teacher = torch.log_softmax(logits, -1)[:, keep]          # predicts completion tokens 0 .. end
+            assert torch.allclose(kept[row, :end + 1], teacher, atol=1e-4), row
+            assert torch.isinf(kept[row, end + 1:]).all()              # nothing after the row left
+    assert len(set(ends)) > 1, ends                                     # rows of different lengths
+
+
 def test_sampling_gives_the_same_completions_when_finished_rows_leave(tiny_sft):
     model, tok = mer.models.load_model(tiny_sft)
     model.eval()

@@ -242,8 +242,9 @@ def test_parse_sentiment():
 class Oracle(torch.nn.Module):
     """Stands in for a checkpoint: answers the label of the sample whose subtitle is in the prompt
     (or `wrong` for the samples in `miss`), with a reasoning block in slow mode. It decodes through
-    the engine's sampler: its "KV cache" holds each row's tokens, and each step puts all mass on
-    the next token of the row's scripted completion."""
+    the engine's sampler: its "KV cache" holds each row's tokens, and each step's logits are a
+    fixed distribution (0, 1, ..., 9 on the first ten ids) with the next token of the row's scripted
+    completion raised to 30, so the script wins and the other log-probs are known in closed form."""
     config = SimpleNamespace(model_type="oracle")
 
     def __init__(self, tok, answers, miss=(), wrong="angry"):
@@ -277,7 +278,8 @@ class Oracle(torch.nn.Module):
                     row["prompt"] = len(row["ids"])
                 done = len(row["ids"]) - row["prompt"]
                 script = self.script(row["ids"][:row["prompt"]])
-                logits[i, 0, script[min(done, len(script) - 1)]] = 1.0
+                logits[i, 0, :10] = torch.arange(10.0)
+                logits[i, 0, script[min(done, len(script) - 1)]] = 30.0
             return SimpleNamespace(logits=logits)
         logits = torch.zeros(input_ids.shape[0], logits_to_keep or input_ids.shape[1], len(self.tok))
         logits[..., :10] = torch.arange(10.0)   # a fixed, non-uniform distribution
@@ -424,39 +426,21 @@ def test_harness_command_on_the_tiny_model(tmp_path):
     assert set(summary["results"]) == {"test_fine", "test_sentiment"}
 
 
-class NextTokenTeacher(torch.nn.Module):
-    """A forward pass that puts all probability on the token that really comes next: the log-prob of
-    a word's first token is ~0 exactly when it is read at the right position."""
-    config = SimpleNamespace(model_type="teacher")
-
-    def __init__(self, vocab):
-        super().__init__()
-        self.vocab = vocab
-
-    @property
-    def device(self):
-        return torch.device("cpu")
-
-    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0):
-        logits = torch.zeros(*input_ids.shape, self.vocab)
-        logits[:, :-1].scatter_(-1, input_ids[:, 1:, None], 30.0)
-        return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
-
-
 @pytest.mark.parametrize("mode", ["fast", "slow"])
-def test_word_logprobs_read_at_the_first_token_of_each_word(mode):
+def test_answer_logprobs_read_at_the_first_token_of_each_word(mode):
     tok = mer.models.tiny_tokenizer()
     body = "angry, very sad;calm</answer>" if mode == "fast" else "Hm.</think><answer>angry, very sad;calm</answer>"
-    prompts, completions = [], []
-    for subtitle in ("a", "a much longer subtitle to force left padding"):
-        prompts.append(tok(mer.prompts.prompt_text({"subtitle": subtitle}, tok, mode), add_special_tokens=False)["input_ids"])
-        completions.append(tok(body, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
-    prompts.append(prompts[0])
-    completions.append(tok("no answer", add_special_tokens=False)["input_ids"])
-    found = mer.generation.word_logprobs(NextTokenTeacher(len(tok)), tok, prompts, completions, mode, {}, contextlib_null)
-    assert found[2] is None
-    for completion, (words, lp) in zip(completions, found[:2]):
-        assert [w.word for w in words] == ["angry", "very sad", "calm"]
-        for (word, j, _, _), row in zip(words, lp):
-            assert row[completion[j]].item() > -1e-6
-            assert tok.decode([completion[j]]).strip()[0].lower() == word[0]
+    completion = tok(body, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    keep = torch.tensor([3, 9, 40, 41])
+    # kept[t] = the log-probs decoding step t read at `keep`: distinct per step, so a row read at
+    # the wrong step shows
+    kept = -torch.arange(len(completion), dtype=torch.float)[:, None] - torch.tensor([0.1, 0.2, 0.3, 0.4])
+    words, lp = mer.generation.answer_logprobs(completion, kept, keep, tok, mode)
+    assert [w.word for w in words] == ["angry", "very sad", "calm"]
+    assert lp.shape == (3, len(tok))
+    for w, row in zip(words, lp):
+        assert tok.decode([completion[w.token]]).strip()[0].lower() == w.word[0]
+        assert row[keep].tolist() == kept[w.token].tolist()
+        assert torch.isinf(row).sum() == len(tok) - 4                 # -inf at every id not kept
+    assert mer.generation.answer_logprobs(tok("no answer", add_special_tokens=False)["input_ids"], kept, keep, tok,
+                                          mode) is None

@@ -22,17 +22,24 @@ def test_answers_and_eq1_confidences_of_one_clip():
     tok = mer.models.tiny_tokenizer()
     sample = {"name": "clip", "subtitle": "fine line 0", "openset": "happy, excited"}
     model = Oracle(tok, {"fine line 0": "happy, excited"})
-    # the oracle's next-token distribution is the same at every position: log_softmax(0, 1, ..., 9, -inf...)
-    logp = torch.log_softmax(model(torch.zeros(1, 1, dtype=torch.long), logits_to_keep=1).logits[0, 0], -1)
     for mode in ("slow", "fast"):
         text, words, conf = predict.answer(model, tok, None, sample, mode, contextlib.nullcontext, OURS)
         assert words == ["happy", "excited"] and text.startswith(mer.prompts.PREFIX[mode]) and text.endswith("</answer>")
+        completion = tok(text[len(mer.prompts.PREFIX[mode]):], add_special_tokens=False)["input_ids"]
+        found = mer.prompts.answer_words(completion, tok, mer.prompts.PREFIX[mode])
+        # the oracle's log-probs where word j starts: 0..9 on the first ten ids, 30 on the word's first token
+        logps = []
+        for w in found:
+            logits = torch.full((len(tok),), 0.0)
+            logits[:10] = torch.arange(10.0)
+            logits[completion[w.token]] = 30.0
+            logps.append((torch.log_softmax(logits, -1), w.space))
         for k in range(5):
-            table = mer.prompts.first_tokens(OURS, k, tok, True)   # both words of the answer are after "<answer>"
-            bare = mer.prompts.first_tokens(OURS, k, tok, False)   # or ", "
+            tables = {space: mer.prompts.first_tokens(OURS, k, tok, space) for space in (False, True)}
             for c in wheel.map_words(words, OURS, k):
-                expected = (torch.logsumexp(logp[bare[c]], 0) + torch.logsumexp(logp[table[c]], 0)) / 2
+                expected = sum(torch.logsumexp(lp[tables[space][c]], 0) for lp, space in logps) / len(logps)
                 assert conf[k][c] == pytest.approx(float(expected), abs=1e-5)
+        assert any(conf[k][c] > -1 for k in range(5) for c in wheel.map_words(words, OURS, k))  # the 30 counts
 
 
 def test_predict_command_on_the_tiny_model(monkeypatch):
