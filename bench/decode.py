@@ -13,7 +13,7 @@ test_sentiment), fast and slow, --batch rows at a time, greedy, with the limits 
 (192 / 48 new tokens); with --diagnostics, as evaluate.py runs by default on fine and basic
 splits: before, a teacher-forced pass over each batch's prompts and answers for the log-probs at
 the answer words (Eq. 1-2); after, the same log-probs kept while decoding (the largest difference
-is printed). Times are wall and CPU seconds. GRPO: --steps batches of 2 training prompts x G = 4, temperature 1.0, 128 new tokens,
+of an Eq.-1 confidence is printed). Times are wall and CPU seconds. GRPO: --steps batches of 2 training prompts x G = 4, temperature 1.0, 128 new tokens,
 the same seed for both. The last line is one JSON object with every figure.
 """
 import json
@@ -42,7 +42,16 @@ model.to(device).eval()
 eos = tok.eos_token_id
 autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=BF16)  # noqa: E731
 LIMIT = {"slow": 192, "fast": 48}
-KEEP = prompts.table_token_ids(prompts.category_tables(tok, wheel.load_wheels()))
+TABLES = prompts.category_tables(tok, wheel.load_wheels())
+KEEP = prompts.table_token_ids(TABLES)
+AT = {i: j for j, i in enumerate(KEEP)}
+# Eq. (1) for every (wheel, leading space, category) at once, as columns of KEEP
+GROUPS = [[AT[i] for i in ids] for table in TABLES.values() for ids in table.values() if ids]
+
+
+def conf_gap(a, b):
+    """The largest |conf_before - conf_after| of Eq. (1), over answer words and every table's categories."""
+    return max(float((torch.logsumexp(a[:, g], -1) - torch.logsumexp(b[:, g], -1)).abs().max()) for g in GROUPS)
 
 
 def sync():
@@ -125,7 +134,7 @@ with torch.no_grad(), autocast():
     our_harness(splits["test_fine"][:4], "fast", DIAGNOSTICS)  # warm-up
     for r in range(ROUNDS):
         differ = {"eval": 0, "grpo": 0}  # outputs of before and after that differ (the last round's are printed)
-        logprob_gap = 0.0  # the largest |before - after| of a diagnostics log-prob, where both answers agree
+        logprob_gap = 0.0  # the largest |before - after| of an Eq.-1 confidence, where both answers agree
         pairs = [("before", hf_harness), ("after", our_harness)]
         total = {"before": 0.0, "after": 0.0, "before_cpu": 0.0, "after_cpu": 0.0}
         outs = {}
@@ -138,7 +147,7 @@ with torch.no_grad(), autocast():
                     total[name + "_cpu"] += cpu
                 before, after = outs[(split, mode, "before")], outs[(split, mode, "after")]
                 differ["eval"] += sum(a[0] != b[0] for a, b in zip(before, after))
-                logprob_gap = max([logprob_gap] + [float((a[1] - b[1]).abs().max()) for a, b in zip(before, after)
+                logprob_gap = max([logprob_gap] + [conf_gap(a[1], b[1]) for a, b in zip(before, after)
                                                    if a[0] == b[0] and a[1] is not None])
                 tokens["eval"] = sum(len(c) for k, v in outs.items() if k[2] == "after" for c, _ in v)
         for name in ("before", "after", "before_cpu", "after_cpu"):
@@ -164,7 +173,7 @@ med = {k: statistics.median(v) for k, v in times.items()}
 print(f"{device}, {'bf16 autocast' if BF16 else 'fp32'}, threads {torch.get_num_threads()}, batch {BATCH}, "
       f"{ROUNDS} rounds, diagnostics {'on' if DIAGNOSTICS else 'off'}; outputs that differ: {differ['eval']} of "
       f"{6 * N} answers, {differ['grpo']} of {8 * STEPS} GRPO rows"
-      + (f"; diagnostics log-probs differ by at most {logprob_gap:.2g}" if DIAGNOSTICS else ""))
+      + (f"; Eq.-1 confidences differ by at most {logprob_gap:.2g}" if DIAGNOSTICS else ""))
 print(f"evaluation, 3 splits x {N} samples x fast and slow ({tokens['eval']} tokens): "
       f"before {med['eval_before']:.1f} s, after {med['eval_after']:.1f} s: "
       f"{med['eval_before'] / med['eval_after']:.2f}x (CPU {med['eval_before_cpu']:.1f} s, "
