@@ -51,8 +51,8 @@ def answer_logprobs(completion, kept, keep_ids, tokenizer, mode):
     next-token log-probs at the first token of each answer word: `kept` [T, K] holds them at the
     ids `keep_ids` for every completion position (engine.sample), the rest of the row is -inf, so
     Eq. (1) over ids among `keep_ids` reads the model's own values. None when the answer does not
-    parse. Decoding computed these logits already: the same numbers as a teacher-forced pass over
-    prompt + completion, up to the rounding of a different batch shape."""
+    parse. Decoding computed these logits already: the numbers of a teacher-forced pass over prompt
+    + completion, up to rounding (another batch and order of sums; in bf16 visibly so)."""
     words = answer_words(completion, tokenizer, PREFIX[mode])
     if not words:
         return None
