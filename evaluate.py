@@ -353,6 +353,7 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
     nothing). Returns the summary."""
     os.makedirs(out_dir, exist_ok=True)
     results, t_start = {}, time.time()
+    diagnostic_ids = prompts.table_token_ids(prompts.category_tables(tokenizer, wheels))  # what Eq. (1) reads
     for spec in splits:
         samples = data.load_samples(spec, SKIP_MISSING_MEDIA)
         samples = prompts.fit_prompts(samples[:MAX_SAMPLES] if MAX_SAMPLES else samples, tokenizer, MAX_PROMPT_TOKENS)
@@ -378,9 +379,8 @@ def evaluate(model, tokenizer, splits, modes, wheels, out_dir, autocast, judge=N
             t0 = time.time()
             limit = MAX_NEW_TOKENS if mode == "slow" else FAST_MAX_NEW_TOKENS
             diagnose = DIAGNOSTICS and task != "sentiment"
-            keep = prompts.table_token_ids(prompts.category_tables(tokenizer, wheels)) if diagnose else None
             outputs = generation.generate(model, tokenizer, samples, mode, limit, BATCH_SIZE, autocast, processor,
-                                          keep, f"{name} {mode}")
+                                          diagnostic_ids if diagnose else None, f"{name} {mode}")
             texts = generation.completion_texts(tokenizer, [c for _, c, _ in outputs], mode)
             opensets = [", ".join(wheel.parse_answer(t)) for t in texts]
             data.write_csv(os.path.join(out_dir, f"preds_{name}_{mode}.csv"), ["name", "openset", "mode", "text"],
