@@ -14,7 +14,8 @@ test_sentiment), fast and slow, --batch rows at a time, greedy, with the limits 
 splits: before, a teacher-forced pass over each batch's prompts and answers for the log-probs at
 the answer words (Eq. 1-2); after, the same log-probs kept while decoding (the largest difference
 of an Eq.-1 confidence is printed). Times are wall and CPU seconds. GRPO: --steps batches of
-2 training prompts x G = 4, temperature 1.0, 128 new tokens, the same seed for both. The last line is one JSON object with every figure.
+2 training prompts x G = 4, temperature 1.0, 128 new tokens, the same seed for both. The last
+line is one JSON object with every figure.
 """
 import json
 import os
